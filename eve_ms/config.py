@@ -1,0 +1,306 @@
+"""Model configuration: plain dataclasses, loaded from and saved to yaml.
+
+Every number that shapes a model lives here, read in one place. A yaml file may be a
+bare model config (the keys of `EveConfig`) or a MindFormers-style run file whose
+`model.model_config` section holds them; either way an unknown or misspelled key is an
+error that names the key and the file, and so is a missing required value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+IMAGE_TOKEN_INDEX = -200  # placeholder id of one image token in input_ids (LLaVA's convention)
+IGNORE_INDEX = -100  # label of positions that do not count in the LM loss
+
+MISSING = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not describe a valid model."""
+
+
+@dataclass
+class VisionConfig:
+    """A frozen vision encoder behind `encode(pixels) -> [B, N, C]`.
+
+    `backbone` names a registered encoder (siglip, clip, resnet). ViT fields apply to
+    siglip/clip; `depths`, `hidden_sizes`, `embedding_size` apply to resnet.
+    """
+
+    backbone: str = "siglip"
+    image_size: int = 384
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    # Which hidden state feeds the adapter: -2 = output of the second-to-last layer
+    # (LLaVA/Eve). None means the backbone's default (-2 for ViTs, -1 for ResNet).
+    select_layer: Optional[int] = None
+    # resnet only (Hugging Face ResNetConfig names)
+    embedding_size: int = 64
+    hidden_sizes: list = field(default_factory=lambda: [256, 512, 1024, 2048])
+    depths: list = field(default_factory=lambda: [3, 4, 6, 3])
+    image_mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the token grid the encoder emits."""
+        if self.backbone == "resnet":
+            return self.image_size // 32
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def feature_dim(self) -> int:
+        if self.backbone == "resnet":
+            return self.hidden_sizes[-1]
+        return self.hidden_size
+
+
+@dataclass
+class AdapterConfig:
+    """Vision adapter (projector) from encoder features to LLM width."""
+
+    type: str = "ldp"  # ldp | ldpv2 | mlp2x_gelu
+    layer_norm_eps: float = 1e-6
+
+    def num_output_tokens(self, vision: VisionConfig) -> int:
+        n = vision.grid_size
+        if self.type in ("ldp", "ldpv2"):
+            return ((n + 1) // 2) ** 2  # LDP's stride-2 block / LDPv2's pool halve the grid
+        if self.type == "mlp2x_gelu":
+            return n * n
+        raise ConfigError(f"unknown adapter type {self.type!r} (expected ldp, ldpv2, mlp2x_gelu)")
+
+
+@dataclass
+class LLMConfig:
+    """Llama-style decoder (RMSNorm, rotary, SwiGLU, grouped-query attention)."""
+
+    vocab_size: int = 48000
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 22
+    num_heads: int = 16
+    num_kv_heads: Optional[int] = None  # None = num_heads (no GQA)
+    head_dim: Optional[int] = None  # None = hidden_size // num_heads
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None  # Hugging Face rope_scaling dict (type + its fields)
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    # PanGu-pi augmented shortcut: layers whose attention gets an extra linear shortcut.
+    augmented_shortcut_layers: list = field(default_factory=list)
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass
+class EVFConfig:
+    """Elastic vision FFN layers (stage 3), DESIGN section 3."""
+
+    enabled: bool = False
+    # alternate (even layers) | all | first_half | second_half | explicit list of layer indices
+    layers: Union[str, list] = "alternate"
+    mode: str = "multimodal"  # multimodal | language_only | moe
+    strategy: str = "img_gbpr"  # random | gbpr | img_gbpr
+    capacity_factor: float = 1.5
+    min_capacity: int = 4
+    beta: float = 1.0
+    redistribute_ratio: float = 0.5
+    combine: str = "unit"  # unit | prob
+    aux_loss_alpha: float = 0.001
+    # Allocation implementation: auto (by device target) | composed (MindSpore ops) | custom (native kernel)
+    kernel: str = "auto"
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """Indices of the LLM layers whose FFN is an EVF layer."""
+        if not self.enabled:
+            return []
+        spec = self.layers
+        if isinstance(spec, (list, tuple)):
+            bad = [i for i in spec if not isinstance(i, int) or not 0 <= i < num_layers]
+            if bad:
+                raise ConfigError(f"evf.layers has indices outside 0..{num_layers - 1}: {bad}")
+            return sorted(set(spec))
+        table = {
+            "alternate": list(range(0, num_layers, 2)),
+            "all": list(range(num_layers)),
+            "first_half": list(range(num_layers // 2)),
+            "second_half": list(range(num_layers // 2, num_layers)),
+        }
+        if spec not in table:
+            raise ConfigError(f"evf.layers must be one of {sorted(table)} or a list of ints, got {spec!r}")
+        return table[spec]
+
+
+@dataclass
+class EveConfig:
+    """The whole model: vision encoder -> adapter -> LLM with EVF layers."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    evf: EVFConfig = field(default_factory=EVFConfig)
+    image_token_index: int = IMAGE_TOKEN_INDEX
+
+    @property
+    def num_image_tokens(self) -> int:
+        """LLM positions one image occupies after the adapter."""
+        return self.adapter.num_output_tokens(self.vision)
+
+    def param_counts(self) -> dict:
+        """Parameter counts computed from the config alone (no weights allocated).
+
+        `activated` counts what one token passes through: in an EVF layer a token uses
+        one of the two FFNs, so one FFN per EVF layer is not activated.
+        """
+        from eve_ms.models.adapter import adapter_param_count
+        from eve_ms.models.llm import ffn_param_count, llm_param_count
+        from eve_ms.models.vision import vision_param_count
+
+        vision = vision_param_count(self.vision)
+        adapter = adapter_param_count(self.adapter, self.vision.feature_dim, self.llm.hidden_size)
+        llm = llm_param_count(self.llm)
+        evf_layers = self.evf.layer_indices(self.llm.num_layers)
+        router = 2 * self.llm.hidden_size  # linear router, no bias, two experts
+        ffn = ffn_param_count(self.llm)
+        evf_extra = len(evf_layers) * (ffn + router)
+        total = vision + adapter + llm + evf_extra
+        return {
+            "vision": vision,
+            "adapter": adapter,
+            "llm": llm,
+            "evf_extra": evf_extra,
+            "total": total,
+            "activated": total - len(evf_layers) * ffn,
+        }
+
+
+# --------------------------------------------------------------------------- yaml io
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Loose runtime check of a yaml value against a field annotation."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def from_dict(cls, data: Optional[dict], source: str = "<dict>", section: str = ""):
+    """Build dataclass `cls` from `data`, strictly: unknown keys and missing required values are errors."""
+    where = f"{section} section of {source}" if section else source
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown key {key!r} in {where}{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"missing required key {name!r} in {where}")
+            continue
+        value = data[name]
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            value = from_dict(annotation, value, source, f"{section}.{name}" if section else name)
+        elif not _type_ok(value, annotation):
+            raise ConfigError(
+                f"key {name!r} in {where} has value {value!r} of type {type(value).__name__}, "
+                f"expected {annotation}"
+            )
+        elif annotation is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _model_section(raw: dict, source: str) -> dict:
+    """The model config inside a bare or a MindFormers-style yaml."""
+    if "model" in raw and isinstance(raw["model"], dict) and "model_config" in raw["model"]:
+        section = dict(raw["model"]["model_config"])
+        section.pop("type", None)  # MindFormers' registry name, e.g. EveConfig
+        return section
+    return raw
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            raw = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid yaml: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
+
+
+def load_eve_config(path: str | os.PathLike) -> EveConfig:
+    """Load an `EveConfig` from a bare model yaml or a MindFormers-style run yaml."""
+    path = os.fspath(path)
+    return from_dict(EveConfig, _model_section(read_yaml(path), path), path)
+
+
+def save_eve_config(config: EveConfig, path: str | os.PathLike) -> None:
+    """Write the config as a bare model yaml, atomically."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(to_dict(config), fh, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,30 @@
+"""eve-ms: MindSpore implementation of Eve (Efficient VLMs with Elastic Visual Experts, AAAI 2025)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="eve-ms",
+    version="0.1.0",
+    description="Eve vision-language models with elastic visual experts, in MindSpore",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["eve_ms", "eve_ms.*"]),
+    package_data={"eve_ms": ["ops/kernels/*.cc", "ops/kernels/*.cu", "ops/kernels/*.h"]},
+    include_package_data=True,
+    install_requires=[
+        # The working pair on CPU and Ascend; mindformers brings numpy<2, transformers and tokenizers.
+        "mindspore==2.9.0",
+        "mindformers==1.9.0",
+        "numpy<2",
+        "pillow",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch is a reference implementation for parity tests and benchmarks only.
+        "test": ["pytest", "hypothesis", "torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["eve-ms=eve_ms.cli:main"]},
+)

@@ -1,0 +1,30 @@
+"""Test set-up: MindSpore on CPU, PyNative by default; `graph_mode` switches a test to graph mode."""
+import os
+
+os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown pytest's output
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ms.set_context(device_target="CPU", mode=ms.PYNATIVE_MODE, runtime_num_threads=2)
+
+
+@pytest.fixture
+def graph_mode():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.fixture(params=["pynative", "graph"])
+def any_mode(request):
+    """Run a test in both execution modes."""
+    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
+    yield request.param
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
