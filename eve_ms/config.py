@@ -26,12 +26,33 @@ class ConfigError(ValueError):
     """A config file or dict that does not describe a valid model."""
 
 
+# Per-backbone defaults for the fields a VisionConfig leaves as None: the activation and
+# LayerNorm epsilon of the pretrained family, and the pixel normalisation its checkpoints expect.
+BACKBONE_DEFAULTS = {
+    "siglip": {
+        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "select_layer": -2,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    },
+    "clip": {
+        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "select_layer": -2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+    },
+    "resnet": {
+        "hidden_act": "relu", "layer_norm_eps": 1e-5, "select_layer": -1,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    },
+}
+
+
 @dataclass
 class VisionConfig:
     """A frozen vision encoder behind `encode(pixels) -> [B, N, C]`.
 
     `backbone` names a registered encoder (siglip, clip, resnet). ViT fields apply to
-    siglip/clip; `depths`, `hidden_sizes`, `embedding_size` apply to resnet.
+    siglip/clip; `depths`, `hidden_sizes`, `embedding_size`, `layer_type` and the
+    `downsample_*` flags apply to resnet (Hugging Face ResNetConfig names and meanings).
+    Fields left as None take the backbone's value from `BACKBONE_DEFAULTS` when the config
+    is built (so a saved yaml spells them out).
     """
 
     backbone: str = "siglip"
@@ -42,24 +63,60 @@ class VisionConfig:
     intermediate_size: int = 4096
     num_layers: int = 24
     num_heads: int = 16
-    hidden_act: str = "gelu_pytorch_tanh"
-    layer_norm_eps: float = 1e-6
-    # Which hidden state feeds the adapter: -2 = output of the second-to-last layer
-    # (LLaVA/Eve). None means the backbone's default (-2 for ViTs, -1 for ResNet).
+    hidden_act: Optional[str] = None  # None: gelu_pytorch_tanh (siglip), quick_gelu (clip), relu (resnet)
+    layer_norm_eps: Optional[float] = None  # None: 1e-6 (siglip), 1e-5 (clip)
+    # Which hidden state feeds the adapter, indexed like Hugging Face's `hidden_states`
+    # (0 = embeddings, i = output of layer / resnet stage i, negative counts from the end;
+    # the last one is the model's last_hidden_state, post-layernormed for SigLIP).
+    # None: the backbone's default, -2 for ViTs (second-to-last layer, as LLaVA/Eve) and -1
+    # for ResNet (last stage). Layers after the selected one are not built.
     select_layer: Optional[int] = None
     # resnet only (Hugging Face ResNetConfig names)
     embedding_size: int = 64
     hidden_sizes: list = field(default_factory=lambda: [256, 512, 1024, 2048])
     depths: list = field(default_factory=lambda: [3, 4, 6, 3])
-    image_mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    image_std: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    layer_type: str = "bottleneck"  # bottleneck | basic
+    downsample_in_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+    # pixel normalisation the data pipeline applies; None: the backbone's (see BACKBONE_DEFAULTS)
+    image_mean: Optional[list] = None
+    image_std: Optional[list] = None
+
+    def __post_init__(self):
+        # An unregistered backbone keeps its Nones; building it then names what is missing.
+        for name, value in BACKBONE_DEFAULTS.get(self.backbone, {}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+        depth = self.backbone_depth
+        if self.select_layer is not None and not -(depth + 1) <= self.select_layer <= depth:
+            raise ConfigError(
+                f"vision.select_layer={self.select_layer} is outside -{depth + 1}..{depth} "
+                f"({self.backbone} has {depth + 1} hidden states)"
+            )
+
+    @property
+    def backbone_depth(self) -> int:
+        """Transformer layers (ViTs) or stages (resnet) of the full backbone."""
+        return len(self.hidden_sizes) if self.backbone == "resnet" else self.num_layers
+
+    @property
+    def layers_used(self) -> int:
+        """How many layers / stages run to produce the selected hidden state."""
+        if self.select_layer is None:
+            raise ConfigError(f"vision.select_layer is not set and backbone {self.backbone!r} has no default")
+        return self.select_layer % (self.backbone_depth + 1)
 
     @property
     def grid_size(self) -> int:
-        """Side of the token grid the encoder emits."""
-        if self.backbone == "resnet":
-            return self.image_size // 32
-        return self.image_size // self.patch_size
+        """Side of the (square) token grid the encoder emits."""
+        if self.backbone != "resnet":
+            return self.image_size // self.patch_size
+        # every stride-2 step (7x7 conv, max-pool, strided stage) pads so that side -> ceil(side / 2)
+        halvings = 2 + sum(1 for s in range(self.layers_used) if s > 0 or self.downsample_in_first_stage)
+        side = self.image_size
+        for _ in range(halvings):
+            side = (side + 1) // 2
+        return side
 
     @property
     def num_tokens(self) -> int:
@@ -68,7 +125,7 @@ class VisionConfig:
     @property
     def feature_dim(self) -> int:
         if self.backbone == "resnet":
-            return self.hidden_sizes[-1]
+            return self.hidden_sizes[self.layers_used - 1] if self.layers_used else self.embedding_size
         return self.hidden_size
 
 
@@ -77,14 +134,21 @@ class AdapterConfig:
     """Vision adapter (projector) from encoder features to LLM width."""
 
     type: str = "ldp"  # ldp | ldpv2 | mlp2x_gelu
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-5  # LDP's LayerNorms (MobileVLM uses timm's LayerNorm2d default, 1e-5)
+    # ldpv2 only: side of the average-pooled grid; None = ceil(grid / 2) (12 for a 24x24 grid)
+    pool_grid: Optional[int] = None
 
     def num_output_tokens(self, vision: VisionConfig) -> int:
-        n = vision.grid_size
-        if self.type in ("ldp", "ldpv2"):
-            return ((n + 1) // 2) ** 2  # LDP's stride-2 block / LDPv2's pool halve the grid
+        return self.output_grid(vision.grid_size) ** 2
+
+    def output_grid(self, grid_size: int) -> int:
+        """Side of the token grid the adapter emits for an input grid of side `grid_size`."""
+        if self.type == "ldp":
+            return (grid_size + 1) // 2  # stride-2 3x3 depthwise conv with padding 1
+        if self.type == "ldpv2":
+            return self.pool_grid or (grid_size + 1) // 2
         if self.type == "mlp2x_gelu":
-            return n * n
+            return grid_size
         raise ConfigError(f"unknown adapter type {self.type!r} (expected ldp, ldpv2, mlp2x_gelu)")
 
 

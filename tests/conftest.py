@@ -2,6 +2,8 @@
 import os
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown pytest's output
+# MindFormers writes its logs under ./output unless told otherwise: keep the checkout clean.
+os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(os.environ.get("TMPDIR", "/tmp"), "eve_ms_mindformers"))
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402

@@ -8,8 +8,8 @@ def load_hf_llm(path, **kwargs):
     return _load(path, **kwargs)
 
 
-def load_hf_vision(path, select_layer=-2, **kwargs):
-    """A Hugging Face SigLIP / CLIP / ResNet directory -> frozen eve_ms vision encoder cell."""
+def load_hf_vision(path, select_layer=None, **kwargs):
+    """A Hugging Face SigLIP / CLIP / ResNet directory -> frozen encoder (select_layer None = backbone default)."""
     from eve_ms.convert.hf_vision import load_hf_vision as _load
 
     return _load(path, select_layer=select_layer, **kwargs)

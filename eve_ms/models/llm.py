@@ -1,0 +1,595 @@
+"""The Llama-style causal language model of Eve, in MindSpore.
+
+Reads top to bottom in the order data meets it: RMSNorm, rotary tables, attention (grouped-query,
+optional q/k/v/o bias, static-shape KV cache), decoder layer (SwiGLU FFN or EVF layer, optional
+PanGu-pi augmented shortcut), the decoder stack, and the causal LM with its loss and greedy decoding.
+
+Parameter names are Hugging Face Llama's, one to one (`model.embed_tokens.weight`,
+`model.layers.{i}.self_attn.q_proj.weight`, ..., `model.norm.weight`, `lm_head.weight`), so the
+converter in `eve_ms/convert/hf_llm.py` is a table of names. Every linear layer is `nn.Dense`, the
+type MindFormers' LoRA replaces.
+
+Entry points (B batch, S tokens, H hidden, V vocabulary, M cache slots):
+
+- `llm(input_ids, attention_mask=None, position_ids=None) -> logits [B, S, V]`
+- `llm.embed(input_ids) -> [B, S, H]`
+- `llm.forward_embeds(inputs_embeds, attention_mask=None, is_image=None, routing_noise=None,
+  labels=None, position_ids=None) -> (logits, loss_sum, num_targets, aux_loss, routing_stats)`
+- `llm.init_cache(batch_size, max_len)` and `llm.forward_step(inputs_embeds, attention_mask,
+  cache_position, key_cache, value_cache, is_image=None, routing_noise=None)
+  -> (logits, key_cache, value_cache)` for incremental decoding with static shapes
+- `causal_lm_loss(logits, labels) -> (loss_sum, num_targets)`, `LLMDecodeStep`, `greedy_generate`
+
+`attention_mask` is [B, S] (or [B, M] with a cache): 1 = real token, 0 = padding, left or right.
+Position ids follow from it as `cumsum(mask) - 1` (Hugging Face's rule for left padding), so a
+left-padded sample gets the same positions, and the same outputs on its real tokens, as alone.
+Position ids must stay below `max_position_embeddings`, the length of the rotary tables.
+All shapes are static: graph mode compiles one graph per input shape.
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from eve_ms.config import IGNORE_INDEX, ConfigError, EVFConfig, LLMConfig
+from eve_ms.models.ffn import FeedForward, ffn_param_count
+
+__all__ = [
+    "LLM", "LLMDecodeStep", "RMSNorm", "Attention", "DecoderLayer", "Decoder", "Embedding",
+    "causal_lm_loss", "greedy_generate", "rope_tables", "rope_inverse_frequencies",
+    "llm_param_count", "ffn_param_count", "ROPE_TYPES",
+]
+
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+_FP32_MIN = float(np.finfo(np.float32).min)  # masked attention scores: finite, so an all-masked row stays NaN-free
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class RMSNorm(nn.Cell):
+    """x / rms(x) * weight, normalised in float32 like Hugging Face's LlamaRMSNorm."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = Parameter(initializer("ones", (hidden_size,), ms.float32), name="weight")
+        self.eps = eps
+
+    def construct(self, x):
+        dtype = x.dtype
+        x32 = x.astype(ms.float32)
+        x32 = x32 * ops.rsqrt(ops.mean(x32 * x32, -1, keep_dims=True) + self.eps)
+        return self.weight * x32.astype(dtype)
+
+
+class Embedding(nn.Cell):
+    """Token embedding whose table is named `weight`, as in Hugging Face (nn.Embedding calls it otherwise)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(0.02), (vocab_size, hidden_size), ms.float32), name="weight")
+
+    def construct(self, input_ids):
+        return ops.gather(self.weight, input_ids, 0)
+
+
+def _rope_scaling(config: LLMConfig) -> tuple[str, dict]:
+    scaling = dict(config.rope_scaling or {})
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"unsupported rope_scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+    required = {
+        "linear": ("factor",),
+        "dynamic": ("factor",),
+        "yarn": ("factor",),
+        "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    }.get(rope_type, ())
+    missing = [key for key in required if scaling.get(key) is None]
+    if missing:
+        raise ConfigError(f"rope_scaling of type {rope_type!r} needs key(s) {missing}, got {scaling}")
+    return rope_type, scaling
+
+
+def rope_inverse_frequencies(config: LLMConfig) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [head_dim / 2] (float32) and the cos/sin scale, per Hugging Face's rope types.
+
+    `dynamic` (NTK-aware) rescales the base as a function of the sequence length; with static shapes
+    the base is fixed once, for a sequence of `max_position_embeddings` tokens measured against
+    `rope_scaling['original_max_position_embeddings']` (default: `max_position_embeddings`). With the
+    default that is the unscaled base, which is exactly what Hugging Face uses for every sequence
+    that fits the trained length. To run longer sequences, raise `max_position_embeddings` and set
+    `original_max_position_embeddings` to the trained length: the whole table then uses the NTK base
+    of the new static length (Hugging Face would use the base of the current length).
+    """
+    rope_type, scaling = _rope_scaling(config)
+    dim = config.dim_per_head
+    base = float(config.rope_theta)
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    attention_factor = 1.0
+
+    if rope_type == "dynamic":
+        factor = float(scaling["factor"])
+        original = scaling.get("original_max_position_embeddings") or config.max_position_embeddings
+        length = max(config.max_position_embeddings, original)
+        base = base * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
+
+    inv_freq = (1.0 / (base ** exponents.astype(np.float64))).astype(np.float32)
+
+    if rope_type == "linear":
+        inv_freq = inv_freq / np.float32(scaling["factor"])
+    elif rope_type == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq.astype(np.float64)
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+    elif rope_type == "yarn":
+        inv_freq, attention_factor = _yarn_inverse_frequencies(config, scaling, exponents)
+    return inv_freq, attention_factor
+
+
+def _yarn_inverse_frequencies(config: LLMConfig, scaling: dict, exponents: np.ndarray) -> tuple[np.ndarray, float]:
+    """YaRN: interpolate low frequencies, keep high ones, blend with a linear ramp; scale cos/sin."""
+    dim = config.dim_per_head
+    base = float(config.rope_theta)
+    factor = float(scaling["factor"])
+    original = scaling.get("original_max_position_embeddings") or config.max_position_embeddings
+
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention_factor = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    beta_fast = scaling.get("beta_fast") or 32
+    beta_slow = scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations):
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    pos_freqs = (base ** exponents.astype(np.float64)).astype(np.float32)
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def rope_tables(config: LLMConfig, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables [length, head_dim] (default length: max_position_embeddings), float32.
+
+    The angle is formed in float32 as Hugging Face does (position * inv_freq), so tables match its
+    rotary embedding to rounding.
+    """
+    length = length or config.max_position_embeddings
+    inv_freq, attention_factor = rope_inverse_frequencies(config)
+    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)
+    return (
+        (np.cos(angles) * attention_factor).astype(np.float32),
+        (np.sin(angles) * attention_factor).astype(np.float32),
+    )
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return ops.cat((-x[..., half:], x[..., :half]), -1)
+
+
+def _apply_rope(x, cos, sin):
+    """x [B, heads, S, D]; cos, sin [B, 1, S, D]."""
+    return x * cos + _rotate_half(x) * sin
+
+
+# --------------------------------------------------------------------------- attention
+
+
+class Attention(nn.Cell):
+    """Multi-head attention with grouped-query heads (num_kv_heads divides num_heads) and rotary positions.
+
+    Without a cache, keys and values are this call's tokens. With a cache ([B, n_kv, M, head_dim]),
+    this call's keys and values are written into cache slots `write_start .. write_start + S - 1`
+    (`write_start` a scalar tensor, so decoding steps share one compiled graph) and the queries
+    attend over all M slots; `allowed` decides which slots each query may see.
+    """
+
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        h, d = config.hidden_size, config.dim_per_head
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.kv_heads, d
+        bias = config.attention_bias
+        self.q_proj = nn.Dense(h, self.num_heads * d, has_bias=bias)
+        self.k_proj = nn.Dense(h, self.num_kv_heads * d, has_bias=bias)
+        self.v_proj = nn.Dense(h, self.num_kv_heads * d, has_bias=bias)
+        self.o_proj = nn.Dense(self.num_heads * d, h, has_bias=bias)
+        self.scale = d**-0.5
+
+    def _heads(self, x, num_heads):
+        b, s, _ = x.shape
+        return ops.transpose(x.reshape(b, s, num_heads, self.head_dim), (0, 2, 1, 3))
+
+    def _repeat_kv(self, x):
+        """[B, n_kv, K, D] -> [B, n_heads, K, D]; query head j reads kv head j // (n_heads / n_kv)."""
+        if self.num_kv_heads == self.num_heads:
+            return x
+        b, n_kv, k, d = x.shape
+        rep = self.num_heads // n_kv
+        return ops.broadcast_to(x.reshape(b, n_kv, 1, k, d), (b, n_kv, rep, k, d)).reshape(b, n_kv * rep, k, d)
+
+    def construct(self, x, cos, sin, allowed, key_cache=None, value_cache=None, write_start=None):
+        """x [B, S, H]; cos, sin [B, 1, S, D]; allowed [B, 1, S, K] bool -> (out [B, S, H], keys, values)."""
+        b, s, _ = x.shape
+        q = _apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
+        k = _apply_rope(self._heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+        v = self._heads(self.v_proj(x), self.num_kv_heads)
+        if key_cache is not None:
+            k = _write_cache(key_cache, k, write_start)
+            v = _write_cache(value_cache, v, write_start)
+
+        scores = ops.matmul(q, ops.transpose(self._repeat_kv(k), (0, 1, 3, 2))) * self.scale
+        scores = ops.masked_fill(scores.astype(ms.float32), ops.logical_not(allowed), _FP32_MIN)
+        probs = ops.softmax(scores, -1).astype(q.dtype)
+        out = ops.matmul(probs, self._repeat_kv(v))
+        out = ops.transpose(out, (0, 2, 1, 3)).reshape(b, s, self.num_heads * self.head_dim)
+        return self.o_proj(out), k, v
+
+
+def _write_cache(cache, new, start):
+    """Copy new [B, n, S, D] into cache [B, n, M, D] at slots start .. start + S - 1 (by gather, exact)."""
+    slots = cache.shape[2]
+    length = new.shape[2]
+    offset = ops.arange(slots, dtype=ms.int32) - start
+    inside = ops.logical_and(offset >= 0, offset < length)
+    source = ops.gather(new, ops.clip(offset, 0, length - 1), 2)
+    return ops.where(inside.reshape(1, 1, slots, 1), source, cache)
+
+
+# --------------------------------------------------------------------------- decoder layer
+
+
+class DecoderLayer(nn.Cell):
+    """Pre-norm block: h = x + attn(norm(x)) [+ augmented_shortcut(x)]; out = h + mlp(norm(h)).
+
+    `mlp` is the SwiGLU `FeedForward`, or an `EVFLayer` (eve_ms/models/evf.py) when this layer is in
+    `evf_config.layer_indices(num_layers)`; EVF layers also take the modality mask, the valid-token
+    mask and routing noise, and return an aux loss and routing statistics.
+
+    PanGu-pi augmented shortcut (on layers in `config.augmented_shortcut_layers`): PanGu-pi (Wang et
+    al. 2023, after Tang et al. 2021, "Augmented Shortcuts for Vision Transformers") adds to the
+    attention block, in parallel with the identity shortcut, learnable projections of the block's
+    input Z: out = Z + MSA(Z) + sum_i T_i(Z), with T_i(Z) = act(Z W_i) in the papers. Here there is
+    one T, applied to the layer input x (the residual stream the identity shortcut copies, before
+    input_layernorm), and it is linear, as DESIGN specifies: an `nn.Dense(hidden, hidden, no bias)`
+    that LoRA can adapt. It starts at zero, so adding it to a layer does not change the layer.
+    """
+
+    def __init__(self, config: LLMConfig, layer_index: int, evf_config: EVFConfig | None = None):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.is_evf = evf_config is not None and layer_index in evf_config.layer_indices(config.num_layers)
+        if self.is_evf:
+            from eve_ms.models.evf import EVFLayer  # only EVF models import the EVF layer
+
+            self.mlp = EVFLayer(config, evf_config)
+        else:
+            self.mlp = FeedForward(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.has_augmented_shortcut = layer_index in config.augmented_shortcut_layers
+        if self.has_augmented_shortcut:
+            self.augmented_shortcut = nn.Dense(
+                config.hidden_size, config.hidden_size, weight_init="zeros", has_bias=False
+            )
+
+    def construct(self, x, cos, sin, allowed, is_image, valid, noise,
+                  key_cache=None, value_cache=None, write_start=None):
+        """-> (out, keys, values, aux_loss, routing_stats); the last two are None for a dense FFN."""
+        attn_out, k, v = self.self_attn(self.input_layernorm(x), cos, sin, allowed, key_cache, value_cache, write_start)
+        h = x + attn_out
+        if self.has_augmented_shortcut:
+            h = h + self.augmented_shortcut(x)
+        if self.is_evf:
+            y, aux_loss, stats = self.mlp(self.post_attention_layernorm(h), is_image, valid, noise)
+            return h + y, k, v, aux_loss, stats
+        return h + self.mlp(self.post_attention_layernorm(h)), k, v, None, None
+
+
+# --------------------------------------------------------------------------- decoder stack
+
+
+class Decoder(nn.Cell):
+    """Embedding, decoder layers and final norm: Hugging Face's `LlamaModel`, named `model` in the LM."""
+
+    def __init__(self, config: LLMConfig, evf_config: EVFConfig | None = None):
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.CellList([DecoderLayer(config, i, evf_config) for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        cos, sin = rope_tables(config)
+        self.rope_cos, self.rope_sin = Tensor(cos), Tensor(sin)
+        self.evf_layer_indices = [i for i, layer in enumerate(self.layers) if layer.is_evf]
+
+    def construct(self, x, position_ids, allowed, is_image, valid, routing_noise,
+                  key_cache=None, value_cache=None, write_start=None):
+        """x [B, S, H] -> (hidden [B, S, H], key caches, value caches, aux_loss, routing_stats).
+
+        With `key_cache`/`value_cache` ([L, B, n_kv, M, D]) the returned caches are the updated
+        ones; without, None.
+        """
+        b, s = position_ids.shape
+        cos = ops.gather(self.rope_cos, position_ids, 0).astype(x.dtype).reshape(b, 1, s, -1)
+        sin = ops.gather(self.rope_sin, position_ids, 0).astype(x.dtype).reshape(b, 1, s, -1)
+        keys, values, aux_losses, stats = [], [], [], []
+        evf_index = 0
+        for i, layer in enumerate(self.layers):
+            noise = None
+            if layer.is_evf:
+                noise = routing_noise[evf_index]
+                evf_index += 1
+            if key_cache is None:
+                x, k, v, aux, stat = layer(x, cos, sin, allowed, is_image, valid, noise)
+            else:
+                x, k, v, aux, stat = layer(
+                    x, cos, sin, allowed, is_image, valid, noise, key_cache[i], value_cache[i], write_start
+                )
+            if key_cache is not None:
+                keys.append(k)
+                values.append(v)
+            if layer.is_evf:
+                aux_losses.append(aux)
+                stats.append(stat)
+        x = self.norm(x)
+        if evf_index:
+            aux_loss = ops.stack(aux_losses).astype(ms.float32).sum()
+            routing_stats = ops.stack(stats).astype(ms.float32)
+        else:
+            aux_loss = ops.zeros((), ms.float32)
+            routing_stats = ops.zeros((0, 0), ms.float32)
+        if key_cache is None:
+            return x, None, None, aux_loss, routing_stats
+        return x, ops.stack(keys), ops.stack(values), aux_loss, routing_stats
+
+
+# --------------------------------------------------------------------------- causal LM
+
+
+def causal_lm_loss(logits, labels, ignore_index: int = IGNORE_INDEX):
+    """Next-token cross entropy: logits [B, S, V] at position t predict labels[t + 1].
+
+    Returns (loss_sum, num_targets), float32 scalars: the sum of token losses and the number of
+    target tokens (labels != ignore_index after the shift). The mean is loss_sum / num_targets;
+    data-parallel training divides by the target count of the global batch instead.
+    """
+    vocab = logits.shape[-1]
+    shift_logits = logits[:, :-1, :].astype(ms.float32).reshape(-1, vocab)
+    targets = labels[:, 1:].reshape(-1).astype(ms.int32)
+    counted = targets != ignore_index
+    log_probs = ops.log_softmax(shift_logits, -1)
+    safe_targets = ops.where(counted, targets, ops.zeros_like(targets))
+    picked = ops.gather_elements(log_probs, 1, safe_targets.reshape(-1, 1)).reshape(-1)
+    mask = counted.astype(ms.float32)
+    return -(picked * mask).sum(), mask.sum()
+
+
+def _positions_from_mask(mask):
+    """cumsum(mask) - 1, clipped at 0: real tokens count 0, 1, 2, ... whatever padding precedes them."""
+    return ops.clip(ops.cumsum(mask, 1) - 1, 0, None)
+
+
+class LLM(nn.Cell):
+    """Llama-style causal LM: `model` (Decoder) + `lm_head` (absent when embeddings are tied).
+
+    `evf_config` (enabled) turns the FFN of the layers it names into EVF layers; a dense model never
+    imports `eve_ms/models/evf.py`. Aux losses of EVF layers are returned unscaled: whoever builds
+    the total loss multiplies their sum by `evf_config.aux_loss_alpha`.
+    """
+
+    def __init__(self, config: LLMConfig, evf_config: EVFConfig | None = None):
+        super().__init__()
+        _check_config(config)
+        self.config = config
+        self.evf_config = evf_config if evf_config is not None and evf_config.enabled else None
+        self.model = Decoder(config, self.evf_config)
+        self.num_evf_layers = len(self.model.evf_layer_indices)
+        self.tie_word_embeddings = config.tie_word_embeddings
+        if not self.tie_word_embeddings:
+            self.lm_head = nn.Dense(config.hidden_size, config.vocab_size, has_bias=False)
+
+    # ------------------------------------------------------------------ helpers
+
+    def set_evf_mode(self, mode: str) -> None:
+        """Switch every EVF layer to 'multimodal' | 'language_only' | 'moe' (before compiling a graph)."""
+        for i in self.model.evf_layer_indices:
+            self.model.layers[i].mlp.set_mode(mode)
+
+    def embed(self, input_ids):
+        """Token embeddings [B, S, H] of input_ids [B, S]."""
+        return self.model.embed_tokens(input_ids)
+
+    def _logits(self, hidden):
+        if self.tie_word_embeddings:
+            return ops.matmul(hidden, ops.transpose(self.model.embed_tokens.weight, (1, 0)))
+        return self.lm_head(hidden)
+
+    def _routing_inputs(self, mask, is_image, routing_noise, b, s):
+        """(valid, is_image, routing_noise) for the EVF layers; all None in a dense model."""
+        if not self.num_evf_layers:
+            return None, None, None
+        valid = mask.astype(ms.bool_)
+        if is_image is None:
+            is_image = ops.zeros((b, s), ms.bool_)
+        if routing_noise is None:
+            # drawn here, as an input of every EVF layer, never inside an allocation kernel
+            routing_noise = ops.uniform(
+                (self.num_evf_layers, b, s), Tensor(0.0, ms.float32), Tensor(1.0, ms.float32), dtype=ms.float32
+            )
+        return valid, is_image, routing_noise
+
+    # ------------------------------------------------------------------ full-sequence forward
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None):
+        """input_ids [B, S] (+ optional attention_mask [B, S], position_ids [B, S]) -> logits [B, S, V]."""
+        logits, _, _, _, _ = self.forward_embeds(self.embed(input_ids), attention_mask, position_ids=position_ids)
+        return logits
+
+    def forward_embeds(self, inputs_embeds, attention_mask=None, is_image=None, routing_noise=None,
+                       labels=None, position_ids=None):
+        """The whole sequence from input embeddings (the multimodal model's entry point).
+
+        inputs_embeds [B, S, H]; attention_mask [B, S] (1 real, 0 padding; default all real);
+        is_image [B, S] bool (modality mask for EVF routing; default all text); routing_noise
+        [num_evf_layers, B, S] float32 in [0, 1) (default: drawn uniformly here); labels [B, S]
+        with IGNORE_INDEX (-100) where no loss is taken, aligned with the inputs (shifted inside);
+        position_ids [B, S] (default cumsum(attention_mask) - 1).
+
+        Returns (logits [B, S, V], loss_sum, num_targets, aux_loss, routing_stats):
+        loss_sum / num_targets as `causal_lm_loss` (both 0 without labels); aux_loss the unscaled
+        sum over EVF layers (0 for a dense model); routing_stats [num_evf_layers, NUM_ROUTING_STATS]
+        float32 (shape [0, 0] for a dense model).
+        """
+        b, s, _ = inputs_embeds.shape
+        mask = ops.ones((b, s), ms.int32) if attention_mask is None else attention_mask.astype(ms.int32)
+        if position_ids is None:
+            position_ids = _positions_from_mask(mask)
+        causal = ops.tril(ops.ones((s, s), ms.int32)).astype(ms.bool_)
+        allowed = ops.logical_and(causal.reshape(1, 1, s, s), mask.astype(ms.bool_).reshape(b, 1, 1, s))
+        valid, is_image, routing_noise = self._routing_inputs(mask, is_image, routing_noise, b, s)
+        hidden, _, _, aux_loss, routing_stats = self.model(
+            inputs_embeds, position_ids.astype(ms.int32), allowed, is_image, valid, routing_noise
+        )
+        logits = self._logits(hidden)
+        if labels is None:
+            loss_sum, num_targets = ops.zeros((), ms.float32), ops.zeros((), ms.float32)
+        else:
+            loss_sum, num_targets = causal_lm_loss(logits, labels)
+        return logits, loss_sum, num_targets, aux_loss, routing_stats
+
+    # ------------------------------------------------------------------ incremental decoding
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None):
+        """Zeroed key and value caches, each [num_layers, B, num_kv_heads, max_len, head_dim]."""
+        c = self.config
+        if max_len > c.max_position_embeddings:
+            raise ValueError(f"cache length {max_len} exceeds max_position_embeddings={c.max_position_embeddings}")
+        dtype = dtype or self.model.embed_tokens.weight.dtype
+        shape = (c.num_layers, batch_size, c.kv_heads, max_len, c.dim_per_head)
+        return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
+
+    def forward_step(self, inputs_embeds, attention_mask, cache_position, key_cache, value_cache,
+                     is_image=None, routing_noise=None):
+        """Run S new tokens against the cache: a prefill (S = prompt length) or a decode step (S = 1).
+
+        inputs_embeds [B, S, H] go to cache slots cache_position .. cache_position + S - 1
+        (cache_position: int32 scalar tensor). attention_mask [B, M] covers all M cache slots,
+        the new ones included: 1 where a slot holds a real token. Each new token attends to the
+        real slots at or before its own; its position id is the count of real slots before it.
+        is_image [B, S], routing_noise [num_evf_layers, B, S] as in `forward_embeds`.
+        The caller keeps cache_position + S <= M (a tensor value, so it cannot be checked here).
+
+        Returns (logits [B, S, V], key_cache, value_cache) with the new keys and values written.
+        """
+        b, s, _ = inputs_embeds.shape
+        m = attention_mask.shape[1]
+        mask = attention_mask.astype(ms.int32)
+        start = cache_position.astype(ms.int32)
+        new_slots = ops.arange(s, dtype=ms.int32) + start
+        position_ids = ops.gather(_positions_from_mask(mask), new_slots, 1)
+        visible = ops.arange(m, dtype=ms.int32).reshape(1, m) <= new_slots.reshape(s, 1)
+        allowed = ops.logical_and(visible.reshape(1, 1, s, m), mask.astype(ms.bool_).reshape(b, 1, 1, m))
+        valid, is_image, routing_noise = self._routing_inputs(
+            ops.gather(mask, new_slots, 1), is_image, routing_noise, b, s
+        )
+        hidden, key_cache, value_cache, _, _ = self.model(
+            inputs_embeds, position_ids, allowed, is_image, valid, routing_noise, key_cache, value_cache, start
+        )
+        return self._logits(hidden), key_cache, value_cache
+
+
+class LLMDecodeStep(nn.Cell):
+    """`llm.forward_step` on token ids, as a cell of its own so graph mode compiles it (one graph per S)."""
+
+    def __init__(self, llm: LLM):
+        super().__init__()
+        self.llm = llm
+
+    def construct(self, input_ids, attention_mask, cache_position, key_cache, value_cache):
+        return self.llm.forward_step(self.llm.embed(input_ids), attention_mask, cache_position, key_cache, value_cache)
+
+
+def greedy_generate(step: LLMDecodeStep, input_ids, attention_mask, max_new_tokens: int,
+                    eos_token_id: int | None = None, pad_token_id: int = 0) -> np.ndarray:
+    """Greedy decoding with a static KV cache: returns the new tokens [B, max_new_tokens] (numpy).
+
+    input_ids, attention_mask [B, S] (numpy or tensors); prompts of different lengths are
+    left-padded. After a sample emits `eos_token_id`, its remaining tokens are `pad_token_id`.
+    """
+    ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, Tensor) else input_ids).astype(np.int32)
+    prompt_mask = attention_mask.asnumpy() if isinstance(attention_mask, Tensor) else attention_mask
+    b, s = ids.shape
+    total = s + max_new_tokens
+    mask = np.zeros((b, total), np.int32)
+    mask[:, :s] = np.asarray(prompt_mask, np.int32)
+    key_cache, value_cache = step.llm.init_cache(b, total)
+    logits, key_cache, value_cache = step(
+        Tensor(ids), Tensor(mask), Tensor(0, ms.int32), key_cache, value_cache
+    )
+    out = np.full((b, max_new_tokens), pad_token_id, np.int32)
+    finished = np.zeros(b, bool)
+    for t in range(max_new_tokens):
+        token = logits.asnumpy()[:, -1].argmax(-1).astype(np.int32)
+        token = np.where(finished, pad_token_id, token)
+        out[:, t] = token
+        if eos_token_id is not None:
+            finished |= token == eos_token_id
+        if t == max_new_tokens - 1 or finished.all():
+            break
+        mask[:, s + t] = 1
+        logits, key_cache, value_cache = step(
+            Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32), key_cache, value_cache
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- config checks and sizes
+
+
+def _check_config(config: LLMConfig) -> None:
+    if config.num_heads % config.kv_heads:
+        raise ConfigError(f"num_heads={config.num_heads} is not a multiple of num_kv_heads={config.kv_heads}")
+    if config.head_dim is None and config.hidden_size % config.num_heads:
+        raise ConfigError(
+            f"hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}; set head_dim"
+        )
+    if config.dim_per_head % 2:
+        raise ConfigError(f"head_dim={config.dim_per_head} must be even for rotary embeddings")
+    bad = [i for i in config.augmented_shortcut_layers if not isinstance(i, int) or not 0 <= i < config.num_layers]
+    if bad:
+        raise ConfigError(f"augmented_shortcut_layers has indices outside 0..{config.num_layers - 1}: {bad}")
+    _rope_scaling(config)
+
+
+def llm_param_count(config: LLMConfig) -> int:
+    """Parameters of the dense LLM (embeddings, layers, norms, augmented shortcuts, untied lm_head)."""
+    h, d = config.hidden_size, config.dim_per_head
+    q, kv = config.num_heads * d, config.kv_heads * d
+    attention = h * q + 2 * h * kv + q * h
+    if config.attention_bias:
+        attention += q + 2 * kv + h
+    layer = attention + ffn_param_count(config) + 2 * h
+    shortcuts = len(set(config.augmented_shortcut_layers)) * h * h
+    embeddings = config.vocab_size * h * (1 if config.tie_word_embeddings else 2)
+    return embeddings + config.num_layers * layer + shortcuts + h

@@ -1,0 +1,86 @@
+"""What every vision backbone shares: the `encode(pixels) -> [B, N, C]` contract, freezing, activations.
+
+A backbone is one file: a `VisionEncoder` subclass registered with MindFormers'
+registry under `MindFormerModuleType.ENCODER` (alias = `VisionConfig.backbone`), plus
+its module name in `eve_ms.models.vision.BACKBONE_MODULES`.
+"""
+from __future__ import annotations
+
+from mindspore import nn, ops
+
+from eve_ms.config import VisionConfig
+
+
+class QuickGELU(nn.Cell):
+    """x * sigmoid(1.702 x): the activation of OpenAI's CLIP."""
+
+    def construct(self, x):
+        return x * ops.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Cell:
+    """The activation cell for a Hugging Face `hidden_act` name."""
+    table = {
+        "gelu_pytorch_tanh": lambda: nn.GELU(approximate=True),
+        "gelu": lambda: nn.GELU(approximate=False),
+        "quick_gelu": QuickGELU,
+        "relu": nn.ReLU,
+    }
+    if name not in table:
+        raise ValueError(f"unsupported vision hidden_act {name!r} (supported: {', '.join(sorted(table))})")
+    return table[name]()
+
+
+class VisionEncoder(nn.Cell):
+    """A frozen image encoder: pixels [B, C_in, H, W] float -> features [B, N, C].
+
+    H = W = `config.image_size` (static shapes); N = `config.num_tokens`, C = `config.feature_dim`.
+    Subclasses build their layers in `__init__`, call `self.freeze()` last, implement
+    `encode` (which `construct` calls) and the pure-Python `param_count(config)`.
+    """
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        missing = [name for name in ("hidden_act", "select_layer") if getattr(config, name) is None]
+        if missing:
+            raise ValueError(f"vision config for backbone {config.backbone!r} leaves {missing} unset")
+        self.config = config
+        self.image_size = config.image_size
+        self.num_channels = config.num_channels
+        self.num_tokens = config.num_tokens
+        self.feature_dim = config.feature_dim
+
+    def construct(self, pixels):
+        return self.encode(pixels)
+
+    def encode(self, pixels):
+        """pixels [B, C_in, S, S] -> features [B, N, C]; subclasses implement it (graph mode can call it too)."""
+        raise NotImplementedError
+
+    def freeze(self) -> "VisionEncoder":
+        """Mark every weight untrainable: the encoder is frozen in every stage.
+
+        The backbones have no dropout and ResNet's BatchNorm always uses its running
+        statistics, so `set_train` on a surrounding model does not change their output.
+        """
+        for param in self.get_parameters():
+            param.requires_grad = False
+        return self
+
+    @classmethod
+    def param_count(cls, config: VisionConfig) -> int:
+        """Weights the encoder instantiates for `config`, computed without building it.
+
+        Counted like Hugging Face's `num_parameters()`: BatchNorm running statistics are
+        buffers, not weights.
+        """
+        raise NotImplementedError
+
+    def check_pixels(self, pixels):
+        """Static-shape guard: a wrong image size is a clear error, not a broadcasting failure deep inside."""
+        expected = (self.num_channels, self.image_size, self.image_size)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(
+                f"vision encoder expects pixels [B, {self.num_channels}, {self.image_size}, "
+                f"{self.image_size}], got {pixels.shape}"
+            )
