@@ -1,0 +1,284 @@
+"""`TrainConfig`: everything a training run reads from its yaml, in MindFormers' layout.
+
+A run yaml keeps MindFormers' section names where MindFormers has one, so
+`mindformers.tools.register.MindFormerConfig(path)` loads it (it drops the sections it
+does not know with a warning); the Eve-specific parts are top-level sections of their own.
+Unknown keys are errors naming the key and the file.
+
+    task: eve_ms.training.stages:build_stage  # "module:function" or "path/to/file.py:function"
+    stage: 1                      # 1 adapter | 2 adapter + LoRA | 3 EVF (read by the task)
+    seed: 0
+    output_dir: ./output/stage1   # log, checkpoints, final weights, plots
+    run_mode: train
+    load_checkpoint: null         # the previous stage's weights (read by the task)
+    resume_training: false        # same as `eve-ms train --resume`
+    context:                      # mindspore.set_context
+      device_target: null         # CPU | GPU | Ascend; null: $EVE_DEVICE_TARGET, else CPU
+      mode: 0                     # 0 / graph | 1 / pynative
+      runtime_num_threads: null   # CPU threads; null: min(cores, 8)
+    runner_config:
+      epochs: 1
+      batch_size: 4               # micro batch per data-parallel rank
+      gradient_accumulation_steps: 1
+      stop_step: 0                # > 0: stop after this step (the lr schedule still spans the run)
+    parallel_config:
+      data_parallel: null         # null: the launcher's world size; else must equal it
+    optimizer:                    # mindformers.core.optim.AdamW
+      type: AdamW
+      betas: [0.9, 0.95]
+      eps: 1.0e-8
+      weight_decay: 0.0
+    lr_schedule:                  # a MindFormers lr schedule, built by its registry
+      type: CosineWithWarmUpLR
+      learning_rate: 1.0e-3
+      warmup_ratio: 0.03
+      lr_end: 0.0
+      warmup_lr_init: 0.0
+      total_steps: -1             # the run's length; -1: epochs x steps per epoch of the data
+    runner_wrapper:               # the train step (eve_ms.training.trainer)
+      type: EveTrainOneStepCell
+      compute_dtype: float32      # float32 | float16 | bfloat16 (what the device supports)
+      amp_level: O2               # mindspore.amp level for float16/bfloat16: O2 | O3 | auto
+      use_clip_grad: true
+      max_grad_norm: 1.0
+      scale_sense:                # float16 only; Dynamic: an overflow skips the step, Fixed: an error
+        type: DynamicLossScaleUpdateCell   # or FixedLossScaleUpdateCell
+        loss_scale_value: 65536
+        scale_factor: 2
+        scale_window: 1000
+    checkpoint:
+      save_checkpoint_steps: 100  # also saved at the last step
+      keep_checkpoint_max: 3
+    logging:
+      progress_bar: true
+      plot_at_end: true           # PNGs of the JSONL log when the run ends
+    pet_config:                   # LoRA of stage 2 (mindformers.pet), read by the task
+      pet_type: lora
+      lora_rank: 8
+      lora_alpha: 16
+      lora_dropout: 0.05
+      target_modules: null        # null: every nn.Dense of the LLM; or a list of names / a regex
+    model: {...}                  # EveConfig (eve_ms.config), read by the task
+    data: {...}                   # the data section (eve_ms.data), read by the task
+    task_options: {}              # free-form options of a custom task
+
+Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import yaml
+
+from eve_ms.config import ConfigError, from_dict, read_yaml
+
+DEFAULT_TASK = "eve_ms.training.stages:build_stage"
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+AMP_LEVELS = ("O2", "O3", "auto")
+
+
+@dataclass
+class ContextConfig:
+    device_target: Optional[str] = None
+    mode: Union[int, str] = 0
+    runtime_num_threads: Optional[int] = None
+
+    @property
+    def mode_name(self) -> str:
+        names = {0: "graph", 1: "pynative", "graph": "graph", "pynative": "pynative"}
+        if self.mode not in names:
+            raise ConfigError(f"context.mode must be 0 (graph) or 1 (pynative), got {self.mode!r}")
+        return names[self.mode]
+
+
+@dataclass
+class RunnerConfig:
+    epochs: int = 1
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    stop_step: int = 0
+
+
+@dataclass
+class ParallelConfig:
+    data_parallel: Optional[int] = None
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = "AdamW"
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LRScheduleConfig:
+    type: str = "CosineWithWarmUpLR"
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.03
+    lr_end: float = 0.0
+    warmup_lr_init: float = 0.0
+    total_steps: int = -1
+
+
+@dataclass
+class LossScaleConfig:
+    type: str = "DynamicLossScaleUpdateCell"  # or FixedLossScaleUpdateCell
+    loss_scale_value: float = 65536.0
+    scale_factor: int = 2
+    scale_window: int = 1000
+
+
+@dataclass
+class WrapperConfig:
+    type: str = "EveTrainOneStepCell"
+    compute_dtype: str = "float32"
+    # O1 is left out: MindSpore implements it by rewriting the network's source into ./rewritten_network/.
+    amp_level: str = "O2"
+    use_clip_grad: bool = True
+    max_grad_norm: float = 1.0
+    scale_sense: LossScaleConfig = field(default_factory=LossScaleConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    save_checkpoint_steps: int = 100
+    keep_checkpoint_max: int = 3
+
+
+@dataclass
+class LoggingConfig:
+    progress_bar: bool = True
+    plot_at_end: bool = True
+
+
+@dataclass
+class LoraSettings:
+    """MindFormers `pet_config` of a LoRA run (mindformers.pet.pet_config.LoraConfig names)."""
+
+    pet_type: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    # None: every nn.Dense under the scope LoRA is applied to; a list: child names (each a
+    # full-match regex, e.g. [q_proj, v_proj]); a string: MindFormers' own regex, as is.
+    target_modules: Optional[Union[list, str]] = None
+
+
+@dataclass
+class TrainConfig:
+    task: str = DEFAULT_TASK
+    stage: int = 1
+    seed: int = 0
+    output_dir: str = "./output"
+    run_mode: str = "train"
+    load_checkpoint: Optional[str] = None
+    resume_training: bool = False
+    context: ContextConfig = field(default_factory=ContextConfig)
+    runner_config: RunnerConfig = field(default_factory=RunnerConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    runner_wrapper: WrapperConfig = field(default_factory=WrapperConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pet_config: LoraSettings = field(default_factory=LoraSettings)
+    model: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    task_options: dict = field(default_factory=dict)
+    # Where the config came from and its text, kept in every checkpoint; not yaml keys.
+    source: str = field(default="<dict>", repr=False, compare=False)
+    yaml_text: str = field(default="", repr=False, compare=False)
+
+    def validate(self) -> None:
+        where = self.source
+        rc = self.runner_config
+        for key, value, low in (
+            ("runner_config.epochs", rc.epochs, 1),
+            ("runner_config.batch_size", rc.batch_size, 1),
+            ("runner_config.gradient_accumulation_steps", rc.gradient_accumulation_steps, 1),
+            ("runner_config.stop_step", rc.stop_step, 0),
+            ("checkpoint.save_checkpoint_steps", self.checkpoint.save_checkpoint_steps, 1),
+            ("checkpoint.keep_checkpoint_max", self.checkpoint.keep_checkpoint_max, 1),
+        ):
+            if value < low:
+                raise ConfigError(f"{key} must be at least {low}, got {value} in {where}")
+        if self.run_mode not in ("train", "finetune"):
+            raise ConfigError(f"run_mode must be train or finetune, got {self.run_mode!r} in {where}")
+        if self.stage not in (1, 2, 3):
+            raise ConfigError(f"stage must be 1, 2 or 3, got {self.stage!r} in {where}")
+        self.context.mode_name  # noqa: B018 - raises on a bad mode
+        opt = self.optimizer
+        if opt.type != "AdamW":
+            raise ConfigError(
+                f"optimizer.type must be AdamW (mindformers.core.optim.AdamW), got {opt.type!r} in {where}"
+            )
+        if len(opt.betas) != 2 or not all(0.0 < float(b) < 1.0 for b in opt.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in (0, 1), got {opt.betas!r} in {where}")
+        lr = self.lr_schedule
+        if not 0.0 <= lr.warmup_ratio <= 1.0:
+            raise ConfigError(f"lr_schedule.warmup_ratio must be in [0, 1], got {lr.warmup_ratio} in {where}")
+        if lr.total_steps == 0 or lr.total_steps < -1:
+            raise ConfigError(f"lr_schedule.total_steps must be -1 (from the data) or positive, got {lr.total_steps}")
+        wrapper = self.runner_wrapper
+        if wrapper.type != "EveTrainOneStepCell":
+            raise ConfigError(f"runner_wrapper.type must be EveTrainOneStepCell, got {wrapper.type!r} in {where}")
+        if wrapper.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(
+                f"runner_wrapper.compute_dtype must be one of {COMPUTE_DTYPES}, "
+                f"got {wrapper.compute_dtype!r} in {where}"
+            )
+        if wrapper.amp_level not in AMP_LEVELS:
+            raise ConfigError(
+                f"runner_wrapper.amp_level must be one of {AMP_LEVELS}, got {wrapper.amp_level!r} in {where}"
+            )
+        if wrapper.max_grad_norm <= 0:
+            raise ConfigError(f"runner_wrapper.max_grad_norm must be positive, got {wrapper.max_grad_norm} in {where}")
+        scale = wrapper.scale_sense
+        if scale.type not in ("DynamicLossScaleUpdateCell", "FixedLossScaleUpdateCell"):
+            raise ConfigError(
+                "runner_wrapper.scale_sense.type must be DynamicLossScaleUpdateCell or FixedLossScaleUpdateCell, "
+                f"got {scale.type!r} in {where}"
+            )
+        if scale.loss_scale_value < 1:
+            raise ConfigError(f"runner_wrapper.scale_sense.loss_scale_value must be >= 1 in {where}")
+        if self.pet_config.pet_type != "lora":
+            raise ConfigError(f"pet_config.pet_type must be lora, got {self.pet_config.pet_type!r} in {where}")
+        if ":" not in self.task:
+            raise ConfigError(f"task must be 'module:function' or 'file.py:function', got {self.task!r} in {where}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.runner_config.batch_size
+
+    @property
+    def grad_accum(self) -> int:
+        return self.runner_config.gradient_accumulation_steps
+
+    def global_batch_size(self, world_size: int) -> int:
+        return self.micro_batch_size * self.grad_accum * world_size
+
+
+def train_config_from_dict(data: dict, source: str = "<dict>", yaml_text: str = "") -> TrainConfig:
+    """Build a `TrainConfig` strictly from a parsed run yaml."""
+    data = dict(data or {})
+    for key in ("source", "yaml_text"):
+        if key in data:
+            raise ConfigError(f"unknown key {key!r} in {source}")
+    config = from_dict(TrainConfig, data, source)
+    config.source = source
+    config.yaml_text = yaml_text or yaml.safe_dump(data, sort_keys=False)
+    config.validate()
+    return config
+
+
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
+    """Load the run yaml at `path` (relative paths inside stay relative to the working directory)."""
+    path = os.fspath(path)
+    raw = read_yaml(path)
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return train_config_from_dict(raw, path, text)

@@ -1,0 +1,179 @@
+"""LoRA from MindFormers on chosen nn.Dense layers, freezing, and merging back into plain nn.Dense.
+
+`apply_lora(network, scope, settings)` runs `mindformers.pet.LoraAdapter.get_pet_model` on the
+sub-cell `scope` (e.g. "llm"). MindFormers matches `target_modules` as a regex against each
+*child* cell name (`re.match`), replaces matching `nn.Dense` children with mindpet's
+`LoRADense` (which keeps the original `weight`/`bias` Parameters and adds
+`mindpet_delta_lora_a` [r, in] and `mindpet_delta_lora_b` [out, r], B initialised to zero),
+and recurses only into children that do not match. Its LoRADense computes
+
+    y = x W^T + b + scaling * dropout(x) A^T B^T,   scaling = lora_alpha / lora_rank
+
+in the dtype of the replaced layer's weight (so fp32 stays fp32 on CPU). The dropout is an
+`nn.Dropout`: identity when the network is in eval mode (`set_train(False)`).
+
+`merge_lora(network)` replaces every LoRADense by an nn.Dense with weight W + scaling * B A
+and the same parameter names, so the merged network's output equals the LoRA network's
+(eval mode) and its checkpoint has the plain network's names.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from eve_ms.training.config import LoraSettings
+from eve_ms.training.mindformers_env import import_mindformers
+
+LORA_A = "mindpet_delta_lora_a"
+LORA_B = "mindpet_delta_lora_b"
+LORA_PARAM_GLOB = "*.mindpet_delta_lora_*"
+
+
+def _lora_dense_class():
+    import_mindformers()
+    from mindpet.delta.lora import LoRADense
+
+    return LoRADense
+
+
+def sub_cell(network, path: str):
+    """The cell at dotted `path` under `network` ("" is the network itself)."""
+    cell = network
+    for part in [p for p in path.split(".") if p]:
+        children = dict(cell.name_cells())
+        if part not in children:
+            raise KeyError(f"no sub-cell {part!r} in {path!r} (children: {sorted(children)})")
+        cell = children[part]
+    return cell
+
+
+def _dense_children(scope) -> list[tuple[str, str]]:
+    """(relative path, child name) of every nn.Dense under `scope`."""
+    from mindspore import nn
+
+    found = []
+    for path, cell in scope.cells_and_names():
+        if path and isinstance(cell, nn.Dense):
+            found.append((path, path.rsplit(".", 1)[-1]))
+    return found
+
+
+def target_regex(scope, target_modules) -> str:
+    """The MindFormers `target_modules` regex for a config value (None / list of names / regex)."""
+    if isinstance(target_modules, str):
+        return target_modules
+    names = sorted({name for _, name in _dense_children(scope)})
+    if target_modules is not None:
+        patterns = [str(p) for p in target_modules]
+        chosen = sorted({n for n in names if any(re.fullmatch(p, n) for p in patterns)})
+        unused = [p for p in patterns if not any(re.fullmatch(p, n) for n in names)]
+        if unused:
+            raise ValueError(f"pet_config.target_modules {unused} match no nn.Dense (their names: {names})")
+        names = chosen
+    if not names:
+        raise ValueError("no nn.Dense layer to put LoRA on")
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def apply_lora(network, scope: str, settings: LoraSettings) -> list[str]:
+    """Put MindFormers LoRA on the nn.Dense layers under `network.<scope>`; returns the LoRA parameter names.
+
+    Parameter names of the rest of the network are kept; the new ones are
+    `<scope>.<path>.mindpet_delta_lora_a/b`. Freezing is left to `freeze_all_but`.
+    """
+    import_mindformers()
+    from mindformers.pet import LoraAdapter
+    from mindformers.pet.pet_config import LoraConfig
+
+    root = sub_cell(network, scope)
+    old_names = {id(p): p.name for p in network.get_parameters()}
+    regex = target_regex(root, settings.target_modules)
+    wanted = [path for path, name in _dense_children(root) if re.match(regex, name)]
+    config = LoraConfig(
+        lora_rank=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=regex,
+    )
+    LoraAdapter.get_pet_model(root, config)  # replaces children in place; renames root's params
+
+    lora_cls = _lora_dense_class()
+    replaced = [path for path, cell in root.cells_and_names() if isinstance(cell, lora_cls)]
+    missed = sorted(set(wanted) - set(replaced))
+    if missed:
+        raise ValueError(
+            f"MindFormers LoRA did not reach {missed}: a parent cell's name also matches {regex!r} "
+            "(MindFormers does not look inside a matching cell); name the layers explicitly"
+        )
+    prefix = f"{scope}." if scope else ""
+    lora_names = []
+    for rel_name, param in root.parameters_and_names():
+        if id(param) in old_names:
+            param.name = old_names[id(param)]
+        else:
+            param.name = prefix + rel_name
+            lora_names.append(param.name)
+    return lora_names
+
+
+def freeze_all_but(network, trainable_globs) -> list[str]:
+    """requires_grad=True exactly for parameters matching one of the globs; returns their names."""
+    import fnmatch
+
+    trainable = []
+    for param in network.get_parameters():
+        param.requires_grad = any(fnmatch.fnmatchcase(param.name, g) for g in trainable_globs)
+        if param.requires_grad:
+            trainable.append(param.name)
+    if not trainable:
+        raise ValueError(f"no parameter matches the trainable patterns {list(trainable_globs)}")
+    return trainable
+
+
+def lora_settings_of(weights_path: str) -> LoraSettings:
+    """The `pet_config` of the run that wrote a weights file (from the config text it stores).
+
+    Stage 3 rebuilds stage 2's LoRA layers with these settings before loading and merging, so
+    the merge uses the alpha/rank the LoRA weights were trained with.
+    """
+    import yaml
+
+    from eve_ms.training.checkpoint import CheckpointError, read_header
+    from eve_ms.training.config import train_config_from_dict
+
+    _, metadata, _ = read_header(weights_path)
+    if "config_yaml" not in metadata:
+        raise CheckpointError(f"{weights_path} does not record the config of the run that wrote it")
+    raw = yaml.safe_load(metadata["config_yaml"]) or {}
+    return train_config_from_dict(raw, f"config stored in {weights_path}").pet_config
+
+
+def merge_lora(network) -> int:
+    """Replace every LoRADense under `network` by an nn.Dense holding W + (alpha/r) B A; returns how many."""
+    import mindspore as ms
+    from mindspore import nn
+
+    lora_cls = _lora_dense_class()
+    targets = [(path, cell) for path, cell in network.cells_and_names() if isinstance(cell, lora_cls)]
+    for path, cell in targets:
+        weight = cell.weight.astype(ms.float32).asnumpy().astype(np.float64)
+        lora_a = getattr(cell, LORA_A).astype(ms.float32).asnumpy().astype(np.float64)
+        lora_b = getattr(cell, LORA_B).astype(ms.float32).asnumpy().astype(np.float64)
+        merged = weight + cell.scaling * (lora_b @ lora_a)
+        dense = nn.Dense(
+            cell.in_channels,
+            cell.out_channels,
+            weight_init=ms.Tensor(merged.astype(np.float32)).astype(cell.weight.dtype),
+            bias_init=cell.bias if cell.has_bias else "zeros",
+            has_bias=cell.has_bias,
+            activation=cell.activation,
+            dtype=cell.weight.dtype,
+        )
+        dense.weight.name = cell.weight.name
+        dense.weight.requires_grad = cell.weight.requires_grad
+        if cell.has_bias:
+            dense.bias = cell.bias  # the same Parameter: name, value and requires_grad kept
+        parent_path, _, child = path.rpartition(".")
+        sub_cell(network, parent_path).insert_child_to_cell(child, dense)
+    return len(targets)

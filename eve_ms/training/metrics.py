@@ -1,0 +1,93 @@
+"""Per-step training records: a JSONL log (one JSON object per optimizer step) and a progress bar.
+
+Record keys (see `Trainer.train_step`): step, epoch, loss, aux_loss, lr, grad_norm,
+tokens_per_s, tokens, target_tokens, step_time_s, skipped, loss_scale, and
+token_success_rate {EVF layer name: rate} when the network reports routing statistics.
+Only rank 0 writes; a resumed run first drops the records after the step it resumes from,
+so the log reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+
+def _clean(value):
+    """JSON has no NaN/inf: they are written as strings so a broken step stays visible."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def read_log(path: str) -> list[dict]:
+    """The records of a JSONL log; a torn last line (a killed writer) is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record") from None
+    return records
+
+
+class MetricsLog:
+    """Append-only JSONL log of step records (a no-op on ranks other than 0)."""
+
+    def __init__(self, path: str, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only the records of steps <= `step` (what a resumed run has already done)."""
+        if not self.enabled:
+            return
+        if not os.path.exists(self.path):
+            return
+        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for record in kept:
+                fh.write(json.dumps(record) + "\n")
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(_clean(record)) + "\n")
+            fh.flush()
+
+
+class ProgressBar:
+    """tqdm bar over optimizer steps showing loss, lr and tokens/s (silent when disabled)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, record: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_postfix(
+            loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
