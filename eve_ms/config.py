@@ -158,7 +158,7 @@ class LLMConfig:
 
     vocab_size: int = 48000
     hidden_size: int = 2048
-    intermediate_size: int = 5632
+    intermediate_size: int = 6912  # PanGu-pi-1.5B Pro: FFN width that gives the 1.5B the name states
     num_layers: int = 22
     num_heads: int = 16
     num_kv_heads: Optional[int] = None  # None = num_heads (no GQA)
