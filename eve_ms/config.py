@@ -341,10 +341,33 @@ def _model_section(raw: dict, source: str) -> dict:
     return raw
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
+BASE_CONFIG_KEY = "base_config"  # MindFormers' yaml inheritance key
+
+
+def _merge_into(base: dict, override: dict) -> dict:
+    """`override` merged into a copy of `base`, recursively for mappings (MindFormers' `_merge_a_into_b`)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_into(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | os.PathLike, _chain: tuple = ()) -> dict:
+    """The top-level mapping of a yaml file, with MindFormers' `base_config` resolved.
+
+    As in `mindformers.tools.register.MindFormerConfig`: `base_config` names one file or a list
+    of files, relative to this file's folder; the bases are read (recursively) and combined
+    section by section, a later base replacing an earlier one's top-level section, and this
+    file's own keys are then merged into the result, mappings key by key.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
+    if os.path.realpath(path) in _chain:
+        raise ConfigError(f"{path}: base_config forms a cycle ({' -> '.join(_chain)} -> {os.path.realpath(path)})")
     with open(path, encoding="utf-8") as fh:
         try:
             raw = yaml.safe_load(fh)
@@ -352,7 +375,16 @@ def read_yaml(path: str | os.PathLike) -> dict:
             raise ConfigError(f"{path}: not valid yaml: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return raw
+    if BASE_CONFIG_KEY not in raw:
+        return raw
+    bases = raw.pop(BASE_CONFIG_KEY)
+    bases = bases if isinstance(bases, list) else [bases]
+    if not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: {BASE_CONFIG_KEY} must be a file name or a list of file names, got {bases!r}")
+    combined: dict = {}
+    for base in bases:
+        combined.update(read_yaml(os.path.join(os.path.dirname(path), base), _chain + (os.path.realpath(path),)))
+    return _merge_into(combined, raw)
 
 
 def load_eve_config(path: str | os.PathLike) -> EveConfig:

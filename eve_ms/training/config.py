@@ -6,7 +6,7 @@ does not know with a warning); the Eve-specific parts are top-level sections of 
 Unknown keys are errors naming the key and the file.
 
     task: eve_ms.training.stages:build_stage  # "module:function" or "path/to/file.py:function"
-    stage: 1                      # 1 adapter | 2 adapter + LoRA | 3 EVF (read by the task)
+    stage: 1                      # 0 LLM pretraining (demo) | 1 adapter | 2 adapter + LoRA | 3 EVF (read by the task)
     seed: 0
     output_dir: ./output/stage1   # log, checkpoints, final weights, plots
     run_mode: train
@@ -57,12 +57,14 @@ Unknown keys are errors naming the key and the file.
       lora_rank: 8
       lora_alpha: 16
       lora_dropout: 0.05
-      target_modules: null        # null: every nn.Dense of the LLM; or a list of names / a regex
+      target_modules: null        # null: every nn.Dense of the LLM (the Eve stages leave out lm_head); or a list of names / a regex
     model: {...}                  # EveConfig (eve_ms.config), read by the task
     data: {...}                   # the data section (eve_ms.data), read by the task
     task_options: {}              # free-form options of a custom task
 
 Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
+A file may inherit from others with MindFormers' `base_config: [file, ...]` (see
+`eve_ms.config.read_yaml`); the config text kept in checkpoints is then the resolved one.
 """
 from __future__ import annotations
 
@@ -208,8 +210,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be at least {low}, got {value} in {where}")
         if self.run_mode not in ("train", "finetune"):
             raise ConfigError(f"run_mode must be train or finetune, got {self.run_mode!r} in {where}")
-        if self.stage not in (1, 2, 3):
-            raise ConfigError(f"stage must be 1, 2 or 3, got {self.stage!r} in {where}")
+        if self.stage not in (0, 1, 2, 3):
+            raise ConfigError(f"stage must be 0, 1, 2 or 3, got {self.stage!r} in {where}")
         self.context.mode_name  # noqa: B018 - raises on a bad mode
         opt = self.optimizer
         if opt.type != "AdamW":
@@ -281,4 +283,7 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     raw = read_yaml(path)
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
+    own = yaml.safe_load(text)
+    if isinstance(own, dict) and "base_config" in own:  # keep a self-contained text
+        text = f"# {path} with its base_config resolved\n" + yaml.safe_dump(raw, sort_keys=False)
     return train_config_from_dict(raw, path, text)

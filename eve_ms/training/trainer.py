@@ -113,6 +113,9 @@ class TrainTask:
     eval_cells: Sequence[str] = ()  # sub-cells kept in eval mode while training (frozen BatchNorm)
     # hook(trainer, step) after a step's gradients are all-reduced, before the update
     hooks: Sequence[Callable] = ()
+    # finish(trainer) on every rank after the final weights are written (e.g. the files that make
+    # the output folder a model directory); write only where `trainer.dist.is_main`
+    finish: Optional[Callable] = None
     metadata: dict = field(default_factory=dict)  # extra str -> str metadata for saved files
 
 
@@ -541,6 +544,8 @@ class Trainer:
         finally:
             bar.close()
         self.save_weights()
+        if self.task.finish is not None:
+            self.task.finish(self)
         return records
 
 

@@ -81,7 +81,7 @@ def test_train_command_reports_a_bad_config_and_fails(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("stage: 4\n")
     assert cli_main(["train", "--config", str(path)]) == 1
-    assert "stage must be 1, 2 or 3" in capsys.readouterr().err
+    assert "stage must be 0, 1, 2 or 3" in capsys.readouterr().err
 
 
 def test_plot_command_writes_a_png_per_curve(tmp_path, capsys):

@@ -1,0 +1,334 @@
+"""The Eve training stages (DESIGN section 2) as one task builder: `task: eve_ms.training.stages:build_stage`.
+
+| stage | init (`load_checkpoint`) | trains |
+|---|---|---|
+| 0 `llm_pretrain` (demo only) | optional: a whole Eve model; none = random init | every LLM weight, on text-only data |
+| 1 `adapter` | `vision_tower.*` and `llm.*` (required); the adapter starts random | `adapter.*` |
+| 2 `adapter_lora` | stage 1's output (every weight) | `adapter.*` + MindFormers LoRA on the LLM |
+| 3 `evf` | stage 2's output, LoRA merged; both FFNs of an EVF layer copy its dense FFN | vision FFNs and routers |
+
+Stage 3 rebuilds stage 2's LoRA layers with the `pet_config` stored in stage 2's weights
+(`lora.lora_settings_of`), loads them, merges them into the base weights (`lora.merge_lora`)
+and converts the dense FFNs (`convert_dense_to_evf`); a checkpoint without LoRA tensors (e.g.
+stage 2's `merged/`) is loaded as it is. The router starts normal(0, `router_init_std`), seeded
+by the run's `seed`, so a resumed run rebuilds the same frozen model.
+
+`load_checkpoint` names an eve-ms checkpoint directory (its `model.safetensors` is read) or a
+safetensors weights file. Loading is strict: a missing file names the path, a tensor the
+network needs but the file lacks, one of the wrong shape, or one the network has no place for
+is an error naming the tensor. Stage 1 ignores `adapter.*` tensors of its checkpoint (the
+paper starts the adapter from random).
+
+Stage options (`task_options`, strict, `StageOptions`): `moe: true` in stage 3 trains the
+"MoE x2top1" ablation baseline (evf.mode moe, language FFN trainable too); `router_init_std`
+(the router's initial normal std, seeded by `seed`); `tokenizer_vocab_size` /
+`tokenizer_corpus` (train a BPE tokenizer when none is given, see `stage_data`).
+
+LoRA targets (stage 2): `pet_config.target_modules` null means every nn.Dense of the LLM's
+decoder layers (attention q/k/v/o, FFN gate/up/down, augmented shortcuts) and not `lm_head`,
+as LLaVA's `find_all_linear_names` does; name `lm_head` in the list to adapt it too.
+
+Output: every stage's `output_dir` is an eve-ms checkpoint directory (`eve_ms.checkpoint_dir`):
+the trainer's final `model.safetensors` (all weights, the run's config text in its metadata),
+plus `model_config.yaml` and `tokenizer/`, written by rank 0 when training ends. Stage 2's
+`model.safetensors` holds the un-merged LoRA weights (the next stage merges them itself);
+`output_dir/merged/` is the same model with LoRA merged into plain nn.Dense weights, the
+directory that chat and evaluation load. Stage 3's `model_config.yaml` has EVF enabled.
+
+Model, data and the rest come from the run yaml: `model` is MindFormers' section
+(`model_config` with the `EveConfig` keys, `arch.type: EveForCausalLM`) or a bare EveConfig
+mapping; `data` is `eve_ms.data.DataConfig` (its `batch_size` is replaced by
+`runner_config.batch_size`, which the trainer owns).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from eve_ms.checkpoint_dir import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, save_eve_checkpoint
+from eve_ms.config import ConfigError, EveConfig, EVFConfig, from_dict, save_eve_config
+from eve_ms.data.config import DataConfig
+from eve_ms.models.evf import ROUTER_INIT_STD
+from eve_ms.training import checkpoint as ckpt
+from eve_ms.training.config import LoraSettings, TrainConfig
+from eve_ms.training.distributed import DistInfo
+from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but, lora_settings_of, merge_lora
+from eve_ms.training.trainer import TrainTask
+
+STAGE_NAMES = {0: "llm_pretrain", 1: "adapter", 2: "adapter_lora", 3: "evf"}
+TRAINABLE = {0: ("llm.*",), 1: ("adapter.*",), 2: ("adapter.*", LORA_PARAM_GLOB)}  # stage 3: freeze_for_stage3
+MERGED_DIR = "merged"  # stage 2: the LoRA-merged checkpoint directory inside output_dir
+LORA_SCOPE = "llm"
+LORA_EXCLUDED = ("lm_head",)  # left out of the default LoRA targets
+MODEL_ARCH = "EveForCausalLM"
+
+
+@dataclass
+class StageOptions:
+    """`task_options` of an Eve stage run."""
+
+    moe: bool = False  # stage 3: the MoE x2top1 ablation (evf.mode moe, language FFN trainable)
+    router_init_std: float = ROUTER_INIT_STD  # stage 3: std of the routers' initial weights
+    tokenizer_vocab_size: int = 0  # > 0: train a BPE of this size when no tokenizer is given
+    tokenizer_corpus: list = field(default_factory=list)  # more LLaVA files whose texts the BPE learns
+
+
+# --------------------------------------------------------------------------- config sections
+
+
+def stage_options(config: TrainConfig) -> StageOptions:
+    options = from_dict(StageOptions, config.task_options, config.source, "task_options")
+    if options.moe and config.stage != 3:
+        raise ConfigError(f"task_options.moe applies to stage 3 only (this is stage {config.stage}) in {config.source}")
+    if options.router_init_std < 0:
+        raise ConfigError(f"task_options.router_init_std must be >= 0 in {config.source}")
+    return options
+
+
+def model_config(config: TrainConfig) -> EveConfig:
+    """The EveConfig this stage trains, from the yaml's `model` section (EVF as the stage needs it)."""
+    section = dict(config.model or {})
+    if "model_config" in section:
+        arch = (section.get("arch") or {}).get("type", MODEL_ARCH)
+        if arch != MODEL_ARCH:
+            raise ConfigError(f"model.arch.type must be {MODEL_ARCH}, got {arch!r} in {config.source}")
+        unknown = sorted(set(section) - {"model_config", "arch"})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in model section of {config.source}")
+        section = dict(section["model_config"] or {})
+        section.pop("type", None)  # MindFormers' registry name (EveConfig)
+    if not section:
+        raise ConfigError(f"{config.source} has no model section (model.model_config with the EveConfig keys)")
+    eve = from_dict(EveConfig, section, config.source, "model.model_config")
+    if config.stage == 3:
+        if not eve.evf.enabled:
+            raise ConfigError(f"stage 3 needs model.model_config.evf.enabled: true in {config.source}")
+        if stage_options(config).moe:
+            eve.evf.mode = "moe"
+        if eve.evf.mode == "language_only":
+            raise ConfigError(
+                f"stage 3 cannot train with evf.mode language_only (the router is unused) in {config.source}"
+            )
+    elif eve.evf.enabled:
+        raise ConfigError(
+            f"stage {config.stage} trains a dense LLM: set model.model_config.evf.enabled: false in {config.source} "
+            "(stage 3 turns FFNs into EVF layers)"
+        )
+    return eve
+
+
+def data_config(config: TrainConfig, eve: EveConfig) -> DataConfig:
+    data = from_dict(DataConfig, config.data, config.source, "data")
+    data = replace(data, batch_size=config.micro_batch_size)
+    if data.max_length > eve.llm.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_length={data.max_length} exceeds model llm.max_position_embeddings="
+            f"{eve.llm.max_position_embeddings} in {config.source}"
+        )
+    if data.max_length <= eve.num_image_tokens:
+        raise ConfigError(
+            f"data.max_length={data.max_length} leaves no room for text after the {eve.num_image_tokens} image tokens "
+            f"in {config.source}"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------- init weights
+
+
+def init_weights_file(load_checkpoint: str | None, stage: int) -> str | None:
+    """The weights file `load_checkpoint` names (a checkpoint directory or a file); errors name the path."""
+    if not load_checkpoint:
+        if stage == 0:
+            return None
+        previous = "converted vision tower + LLM weights" if stage == 1 else f"stage {stage - 1}'s output directory"
+        raise ConfigError(f"stage {stage} initialises from load_checkpoint ({previous}), which is not set")
+    if os.path.isdir(load_checkpoint):
+        path = os.path.join(load_checkpoint, WEIGHTS_FILE)
+        if not os.path.exists(path):
+            raise ckpt.CheckpointError(f"load_checkpoint {load_checkpoint} has no {WEIGHTS_FILE}")
+        return path
+    if not os.path.exists(load_checkpoint):
+        raise ckpt.CheckpointError(f"load_checkpoint not found: {load_checkpoint}")
+    return load_checkpoint
+
+
+def read_weights(path: str) -> dict:
+    tensors, metadata = ckpt.read_safetensors(path)
+    if metadata.get("kind") == ckpt.KIND_TRAIN_STATE:
+        raise ckpt.CheckpointError(
+            f"{path} is a training state (trainable parameters only); load_checkpoint must name the previous "
+            "stage's output directory or its model.safetensors"
+        )
+    return tensors
+
+
+def _assign(model, tensors: dict, source: str, prefixes: tuple = ("",), ignore: tuple = ()) -> None:
+    """Strictly set the parameters whose names start with one of `prefixes` (file tensors under `ignore` skipped)."""
+    params = {p.name: p for p in model.get_parameters() if p.name.startswith(prefixes)}
+    kept = {name: value for name, value in tensors.items() if not (ignore and name.startswith(ignore))}
+    ckpt.assign_tensors(params, kept, source, strict=True)
+
+
+def has_lora(tensors_or_names) -> bool:
+    return any(".mindpet_delta_lora_" in name for name in tensors_or_names)
+
+
+def lora_targets(model, settings: LoraSettings) -> LoraSettings:
+    """`settings` with target_modules null resolved to the stage default (every decoder nn.Dense, no lm_head)."""
+    if settings.target_modules is not None:
+        return settings
+    from mindspore import nn
+
+    llm = model.llm
+    names = sorted({path.rsplit(".", 1)[-1] for path, cell in llm.cells_and_names()
+                    if path and isinstance(cell, nn.Dense)} - set(LORA_EXCLUDED))
+    return replace(settings, target_modules=names)
+
+
+def load_lora_model(eve: EveConfig, weights_path: str, settings: LoraSettings | None = None):
+    """A dense Eve model with stage 2's LoRA layers, loaded (un-merged) from a stage-2 weights file.
+
+    `settings` None: the `pet_config` stored in the file (`lora.lora_settings_of`).
+    """
+    from eve_ms.models.eve import EveForCausalLM
+
+    model = EveForCausalLM(eve)
+    settings = lora_targets(model, settings or lora_settings_of(weights_path))
+    apply_lora(model, LORA_SCOPE, settings)
+    _assign(model, read_weights(weights_path), weights_path)
+    return model
+
+
+# --------------------------------------------------------------------------- models per stage
+
+
+def _dense(eve: EveConfig) -> EveConfig:
+    dense = copy.deepcopy(eve)
+    dense.evf = EVFConfig(enabled=False)
+    return dense
+
+
+def build_stage_model(config: TrainConfig, log=print):
+    """(model, eve_config): the stage's EveForCausalLM, initialised as the stage says, frozen but for its trainables."""
+    from eve_ms.models.eve import EveForCausalLM
+    from eve_ms.models.evf_convert import convert_dense_to_evf, freeze_for_stage3
+
+    stage = config.stage
+    eve = model_config(config)
+    options = stage_options(config)
+    weights = init_weights_file(config.load_checkpoint, stage)
+
+    if stage == 3:
+        dense_eve = _dense(eve)
+        tensors = read_weights(weights)
+        if has_lora(tensors):
+            dense = load_lora_model(dense_eve, weights)
+            merged = merge_lora(dense)
+            log(f"stage 3: merged {merged} LoRA layers of {weights} into the LLM")
+        else:
+            dense = EveForCausalLM(dense_eve)
+            _assign(dense, tensors, weights)
+        evf_llm = convert_dense_to_evf(dense.llm, eve.evf, options.router_init_std, seed=config.seed)
+        model = EveForCausalLM(eve)
+        sources = {f"{LORA_SCOPE}.{name}": p for name, p in evf_llm.parameters_and_names()}
+        sources.update({name: p for name, p in dense.parameters_and_names() if not name.startswith(f"{LORA_SCOPE}.")})
+        for name, param in model.parameters_and_names():
+            param.set_data(sources[name].value().copy())
+            param.requires_grad = False
+        freeze_for_stage3(model.llm, train_language_ffn=eve.evf.mode == "moe")
+        return model, eve
+
+    model = EveForCausalLM(eve)
+    if weights is None:
+        log("stage 0: no load_checkpoint, the LLM starts from random weights")
+    elif stage == 1:
+        _assign(model, read_weights(weights), weights, prefixes=("vision_tower.", "llm."), ignore=("adapter.",))
+    else:
+        _assign(model, read_weights(weights), weights)
+    if stage == 2:
+        apply_lora(model, LORA_SCOPE, lora_targets(model, config.pet_config))
+    freeze_all_but(model, TRAINABLE[stage])
+    return model, eve
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def _finish(eve: EveConfig, tokenizer, stage: int):
+    """The trainer's end-of-run step: make output_dir (and stage 2's merged/) checkpoint directories."""
+
+    def finish(trainer) -> None:
+        if not trainer.dist.is_main:
+            return
+        out = trainer.config.output_dir
+        save_eve_config(eve, os.path.join(out, CONFIG_FILE))
+        tokenizer_dir = os.path.join(out, TOKENIZER_DIR)
+        if os.path.abspath(tokenizer.name_or_path) != os.path.abspath(tokenizer_dir):
+            tokenizer.save_pretrained(tokenizer_dir)
+        if stage == 2:
+            model = trainer.network.model
+            merge_lora(model)
+            save_eve_checkpoint(model, eve, os.path.join(out, MERGED_DIR), tokenizer=tokenizer_dir,
+                                metadata={"step": str(trainer.step), "stage": "2", "lora_merged": "true"})
+            trainer.log(f"stage 2: LoRA merged into {os.path.join(out, MERGED_DIR)} (for chat and evaluation)")
+
+    return finish
+
+
+def _trainable_summary(model) -> str:
+    params = [p for p in model.get_parameters() if p.requires_grad]
+    return f"{sum(int(np.prod(p.shape)) for p in params)} trainable weights in {len(params)} tensors"
+
+
+def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
+    """The trainer's task for stage `config.stage` (see the module docstring)."""
+    from eve_ms.data.dataset import build_loader
+    from eve_ms.training.eve_network import EveTrainNetwork
+    from eve_ms.training.stage_data import StageLoader, resolve_tokenizer
+
+    log = print if dist.is_main else (lambda *a, **k: None)
+    stage = config.stage
+    if stage not in STAGE_NAMES:
+        raise ConfigError(f"stage must be one of {sorted(STAGE_NAMES)}, got {stage} in {config.source}")
+    eve = model_config(config)
+    options = stage_options(config)
+    data = data_config(config, eve)
+    weights = init_weights_file(config.load_checkpoint, stage)
+    if weights and os.path.abspath(os.path.dirname(weights)) == os.path.abspath(config.output_dir):
+        raise ConfigError(
+            f"output_dir {config.output_dir} is the load_checkpoint folder: the run would overwrite its init"
+        )
+
+    tokenizer, tokenizer_source = resolve_tokenizer(data, config.load_checkpoint, config.output_dir,
+                                                    options.tokenizer_vocab_size, options.tokenizer_corpus, dist, log)
+    if len(tokenizer) > eve.llm.vocab_size:
+        raise ConfigError(
+            f"the tokenizer ({tokenizer_source}) has {len(tokenizer)} tokens but model llm.vocab_size is "
+            f"{eve.llm.vocab_size} in {config.source}"
+        )
+
+    model, eve = build_stage_model(config, log)
+    network = EveTrainNetwork(model)
+    loader = build_loader(data, eve, tokenizer, dist.rank, dist.world_size, config.grad_accum,
+                          batch_size=config.micro_batch_size)
+    if stage == 0 and loader.index.has_image.any():
+        raise ConfigError(
+            f"stage 0 pretrains the LLM on text-only data, but {data.data_path} has "
+            f"{int(loader.index.has_image.sum())} samples with an image"
+        )
+    log(f"stage {stage} ({STAGE_NAMES[stage]}): init from {weights or 'random weights'}; {_trainable_summary(model)}")
+    evf_layers = model.llm.model.evf_layer_indices
+    return TrainTask(
+        network=network,
+        loader=StageLoader(loader, len(evf_layers), config.seed, dist),
+        input_keys=network.input_keys,
+        count_tokens=lambda batch: int(np.asarray(batch["attention_mask"]).sum()),
+        stat_names=tuple(f"layer_{i}" for i in evf_layers),
+        eval_cells=("model.vision_tower",),
+        finish=_finish(eve, tokenizer, stage),
+        metadata={"stage_name": STAGE_NAMES[stage]},
+    )
