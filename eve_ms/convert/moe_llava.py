@@ -1,0 +1,223 @@
+"""Original PyTorch Eve / MoE-LLaVA (and LLaVA / MobileVLM) checkpoints -> eve-ms checkpoint directories.
+
+The source is a folder with the original `config.json` and its weights (safetensors, sharded or
+pytorch_model.bin). Eve's released code builds on MoE-LLaVA: its MoE layers are DeepSpeed's
+(`mlp.deepspeed_moe.gate.wg` is a Linear(hidden, num_experts, no bias), the experts are copies of
+the dense MLP in `mlp.deepspeed_moe.experts.deepspeed_experts.{e}`). Tensor names, source -> eve-ms:
+
+| source | eve-ms |
+|---|---|
+| model.embed_tokens, model.layers.{i}.self_attn.*, *_layernorm, model.norm, lm_head | llm.<same name> |
+| model.layers.{i}.mlp.{gate,up,down}_proj (dense layers) | llm.model.layers.{i}.mlp.* |
+| model.layers.{i}.mlp.deepspeed_moe.experts.deepspeed_experts.0.* | llm.model.layers.{i}.mlp.language_ffn.* |
+| model.layers.{i}.mlp.deepspeed_moe.experts.deepspeed_experts.1.* | llm.model.layers.{i}.mlp.vision_ffn.* |
+| model.layers.{i}.mlp.deepspeed_moe.gate.wg.weight [2, H] | llm.model.layers.{i}.mlp.router.weight [2, H] |
+| model.mm_projector[.image_spatial_proj].<MobileVLM/LLaVA name> | adapter.<name> (`adapter.reference_name`) |
+| model.{image,vision}_tower.{image,vision}_tower.vision_model.* | vision_tower.* (`hf_vision` names) |
+
+Both gate and router are [num_experts, hidden] with row e giving expert e's logit: no transpose.
+
+config.json gives the LLM (Llama fields; `moe_llava_zhizi`, Eve's, is InternLM-style: a q/k/v
+bias from `bias`), `moe.moe_layers_idx` (the EVF layers), `moe.num_experts` (must be 2),
+`moe.capacity_factor` and `moe.min_capacity`, the projector type (`image_projector_type` or
+`mm_projector_type`: mlp2x_gelu, ldpnet -> ldp, ldpnetv2 -> ldpv2) and `mm_vision_select_layer`.
+The vision encoder's architecture comes from a Hugging Face (or eve-ms component) vision folder
+(`--vision`): the original config only names it. Its weights come from the checkpoint when the
+checkpoint has the tower (original trainings save it), else from that folder.
+
+Not convertible, each an error naming the tensors: PanGu-pi's extra layers in Eve's released LLM
+(`attn_linear`, a bottleneck MLP on the attention output, and `gate_proj2`, a second gate),
+MoE-LLaVA's residual MoE (`mlp.mlp`, `mlp.coefficient`), and more than two experts. A source
+that routes top-2 converts with a note: EVF layers route top-1 (DESIGN section 3).
+`export_moe_llava_state_dict` gives the names back for a round trip.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eve_ms.config import AdapterConfig, ConfigError, EveConfig, EVFConfig, LLMConfig
+from eve_ms.convert.hf_llm import HARMLESS_EXTRA_TENSORS, hf_llm_name_table, read_hf_config
+from eve_ms.convert.hf_to_eve import copy_into, find_tokenizer, llm_config_from_any, load_vision
+from eve_ms.convert.weights import CheckpointError, load_state_dict
+
+# model_type of the original config -> the LLM family its tensors follow
+SOURCE_LLM_TYPES = {
+    "moe_llava_llama": "llama", "llava_llama": "llama", "llava": "llama", "mobilevlm": "llama",
+    "moe_llava_mistral": "mistral", "llava_mistral": "mistral",
+    "moe_llava_zhizi": "internlm", "llava_zhizi": "internlm",
+}
+PROJECTOR_TYPES = {"mlp2x_gelu": "mlp2x_gelu", "ldpnet": "ldp", "ldp": "ldp", "ldpnetv2": "ldpv2", "ldpv2": "ldpv2"}
+TOWER_PREFIXES = ("model.image_tower.image_tower.", "model.vision_tower.vision_tower.")
+PROJECTOR_PREFIXES = ("model.mm_projector.image_spatial_proj.", "model.mm_projector.")
+EXPERTS = ("language_ffn", "vision_ffn")  # expert 0, expert 1
+FFN_TENSORS = re.compile(r"^(model\.layers\.(\d+)\.mlp)\.((?:gate|up|down)_proj\.(?:weight|bias))$")
+UNSUPPORTED = {
+    ".attn_linear.": "PanGu-pi's MLP shortcut on the attention output (the eve-ms LLM has a linear shortcut on "
+                     "the layer input instead)",
+    ".gate_proj2.": "PanGu-pi's second FFN gate (series-informed activation)",
+    ".mlp.coefficient.": "MoE-LLaVA's residual MoE (use_residual)",
+    ".mlp.mlp.": "MoE-LLaVA's residual MoE (use_residual)",
+}
+
+
+@dataclass
+class SourceLayout:
+    """What the original config.json says about the model."""
+
+    llm: LLMConfig
+    family: str  # llama | mistral | internlm
+    moe_layers: list
+    capacity_factor: float
+    min_capacity: int
+    projector_type: str
+    select_layer: int
+    notes: list = field(default_factory=list)
+
+
+def read_source_config(path: str) -> SourceLayout:
+    config_path = os.path.join(path, "config.json")
+    hf = read_hf_config(path)
+    model_type = hf.get("model_type")
+    if model_type not in SOURCE_LLM_TYPES:
+        raise ConfigError(f"{config_path}: model_type {model_type!r} is not an Eve / MoE-LLaVA / LLaVA layout "
+                          f"(supported: {', '.join(sorted(SOURCE_LLM_TYPES))})")
+    family = SOURCE_LLM_TYPES[model_type]
+    llm = llm_config_from_any(dict(hf, model_type=family), config_path)
+    notes = []
+    moe = hf.get("moe") or {}
+    layers = list(moe.get("moe_layers_idx") or []) if moe.get("moe_enable", bool(moe)) else []
+    if layers:
+        experts = moe.get("num_experts") or []
+        experts = experts * len(layers) if len(experts) == 1 else experts
+        if len(experts) != len(layers) or any(n != 2 for n in experts):
+            raise ConfigError(f"{config_path}: moe.num_experts={moe.get('num_experts')} for layers {layers}; "
+                              "an EVF layer has exactly 2 experts (language, vision)")
+        if moe.get("use_residual"):
+            raise ConfigError(f"{config_path}: moe.use_residual is set: {UNSUPPORTED['.mlp.mlp.']} is not supported")
+        if moe.get("top_k_experts", 1) != 1:
+            notes.append(f"the source routes top-{moe['top_k_experts']}; eve-ms EVF layers route top-1")
+    projector = hf.get("image_projector_type") or hf.get("mm_projector_type") or "mlp2x_gelu"
+    if projector not in PROJECTOR_TYPES:
+        raise ConfigError(f"{config_path}: projector type {projector!r} is not supported "
+                          f"(supported: {', '.join(sorted(PROJECTOR_TYPES))})")
+    if hf.get("mm_vision_select_feature", "patch") != "patch":
+        raise ConfigError(f"{config_path}: mm_vision_select_feature={hf['mm_vision_select_feature']!r}; "
+                          "only 'patch' (the class token dropped) is supported")
+    return SourceLayout(llm, family, sorted(layers), float(moe.get("capacity_factor", 1.5)),
+                        int(moe.get("min_capacity", 4)), PROJECTOR_TYPES[projector],
+                        int(hf.get("mm_vision_select_layer", -2)), notes)
+
+
+def llm_name_table(llm: LLMConfig, moe_layers: list) -> dict:
+    """Source tensor name -> eve-ms parameter name for the LLM (experts and gates in `moe_layers`)."""
+    table = {}
+    moe_layers = set(moe_layers)
+    for name in hf_llm_name_table(llm):
+        match = FFN_TENSORS.match(name)
+        if match and int(match.group(2)) in moe_layers:
+            layer, tensor = match.group(1), match.group(3)
+            for index, expert in enumerate(EXPERTS):
+                source = f"{layer}.deepspeed_moe.experts.deepspeed_experts.{index}.{tensor}"
+                table[source] = f"llm.{layer}.{expert}.{tensor}"
+            continue
+        table[name] = f"llm.{name}"
+    for i in sorted(moe_layers):
+        table[f"model.layers.{i}.mlp.deepspeed_moe.gate.wg.weight"] = f"llm.model.layers.{i}.mlp.router.weight"
+    return table
+
+
+def projector_name_table(model, adapter_type: str, prefix: str) -> dict:
+    from eve_ms.models.adapter import reference_name
+
+    return {prefix + reference_name(adapter_type, name): f"adapter.{name}"
+            for name, _ in model.adapter.parameters_and_names()}
+
+
+def _first_prefix(state: dict, prefixes: tuple, default: str | None = None) -> str | None:
+    for prefix in prefixes:
+        if any(name.startswith(prefix) for name in state):
+            return prefix
+    return default
+
+
+def _unexpected_error(names: list, src: str) -> CheckpointError:
+    reasons = sorted({why for name in names for marker, why in UNSUPPORTED.items() if marker in name})
+    detail = f" ({'; '.join(reasons)} cannot be converted)" if reasons else ""
+    listed = ", ".join(repr(n) for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return CheckpointError(f"{src}: tensors the eve-ms model has no place for: {listed}{detail}")
+
+
+def convert_moe_llava(src: str, out: str | None, vision: str, *, strategy: str = "img_gbpr",
+                      mode: str = "multimodal", capacity_factor: float | None = None,
+                      tokenizer: str | None = None):
+    """Convert the original checkpoint folder `src`; written to `out` if given.
+
+    `vision`: a Hugging Face (or eve-ms component) vision folder giving the encoder's
+    architecture. Returns (model, config, tokenizer or None, notes).
+    """
+    from eve_ms.checkpoint_dir import save_eve_checkpoint
+    from eve_ms.convert.hf_to_eve import with_internlm_o_proj_bias
+    from eve_ms.convert.hf_vision import load_encoder_weights
+    from eve_ms.data.tokenizer import load_tokenizer
+    from eve_ms.models.eve import EveForCausalLM
+
+    layout = read_source_config(src)
+    state = load_state_dict(src)
+    encoder = load_vision(vision, select_layer=layout.select_layer)
+    tower = _first_prefix(state, TOWER_PREFIXES)
+    if tower is not None:
+        tower_state = {name[len(tower):]: value for name, value in state.items() if name.startswith(tower)}
+        load_encoder_weights(encoder, tower_state, encoder.config, where=f"{src} ({tower}*)")
+    else:
+        layout.notes.append(f"no vision tower in the checkpoint: its weights come from {vision}")
+    evf = EVFConfig(enabled=bool(layout.moe_layers), layers=layout.moe_layers or "alternate", strategy=strategy,
+                    mode=mode, capacity_factor=capacity_factor or layout.capacity_factor,
+                    min_capacity=layout.min_capacity)
+    config = EveConfig(vision=encoder.config, adapter=AdapterConfig(type=layout.projector_type), llm=layout.llm,
+                       evf=evf)
+    model = EveForCausalLM(config)
+
+    if layout.family == "internlm":
+        state = with_internlm_o_proj_bias(state, layout.llm)
+    projector = _first_prefix(state, PROJECTOR_PREFIXES, PROJECTOR_PREFIXES[0])
+    table = {**llm_name_table(layout.llm, layout.moe_layers),
+             **projector_name_table(model, layout.projector_type, projector)}
+    missing = [name for name in table if name not in state]
+    if missing:
+        raise CheckpointError(f"{src}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+    unexpected = [name for name in state if name not in table and not (tower and name.startswith(tower))
+                  and not HARMLESS_EXTRA_TENSORS.match(name)]
+    if unexpected:
+        raise _unexpected_error(unexpected, src)
+    for prefix in ("llm.", "adapter."):
+        tensors = {eve[len(prefix):]: np.asarray(state[name], np.float32)
+                   for name, eve in table.items() if eve.startswith(prefix)}
+        copy_into(model, prefix, tensors, src)
+    copy_into(model, "vision_tower.", {n: p.asnumpy() for n, p in encoder.parameters_and_names()}, vision)
+
+    tok = load_tokenizer(tokenizer) if tokenizer else find_tokenizer(src)
+    if out is not None:
+        save_eve_checkpoint(model, config, out, tokenizer=tok, metadata={"converted_from": src})
+    return model, config, tok, layout.notes
+
+
+def export_moe_llava_state_dict(model, tower_prefix: str = TOWER_PREFIXES[0],
+                                projector_prefix: str = PROJECTOR_PREFIXES[0]) -> dict:
+    """The original names of an eve-ms Eve model's tensors (ViT vision towers; the inverse of the conversion)."""
+    from eve_ms.convert.hf_vision import hf_name
+
+    config = model.config
+    if config.vision.backbone not in ("siglip", "clip"):
+        raise ConfigError("the original layout stores Hugging Face ViT towers; this model has "
+                          f"{config.vision.backbone}")
+    layers = config.evf.layer_indices(config.llm.num_layers)
+    table = {**llm_name_table(config.llm, layers), **projector_name_table(model, config.adapter.type, projector_prefix)}
+    params = {p.name: p for p in model.get_parameters()}
+    state = {source: params[eve].asnumpy() for source, eve in table.items()}
+    for name, param in model.vision_tower.parameters_and_names():
+        state[tower_prefix + hf_name(name, "vision_model.")] = param.asnumpy()
+    return state

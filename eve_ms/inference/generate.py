@@ -1,0 +1,312 @@
+"""Text generation with Eve: a static-shape KV cache, batched left-padded prompts, greedy or sampled.
+
+    generator = Generator(model, tokenizer)
+    outputs = generator.generate([ids_a, ids_b], [pixels_a, None], GenerationConfig(max_new_tokens=32))
+
+A prompt is token ids in which an image occupies `config.num_image_tokens` copies of
+IMAGE_TOKEN_INDEX (as `eve_ms.data.encode_prompt` builds them), with its pixels [3, S, S];
+a text-only prompt has no image tokens and no pixels.
+
+Two compiled steps do the work, each a cell of its own so graph mode compiles them (one graph
+per input shape; PyNative runs the same cells eagerly):
+- prefill: the left-padded prompts through `embed_inputs` (image tokens spliced, modality
+  mask) into an empty cache of M = prompt + max_new_tokens slots; returns the last position's
+  logits;
+- decode: one text token per sample (is_image False) at cache slot `cache_position`.
+The next token is chosen on the host (`sampling.next_tokens`), so seeds reproduce everywhere;
+stop strings are checked on the decoded text (`streaming.ReplyText`), which also yields the
+pieces a `stream(index, text)` callback receives.
+
+EVF routing: a batch is split into its image prompts and its text-only prompts, generated
+separately. Text-only prompts run the EVF layers in language_only mode (language FFN on every
+token, no router: exactly the stage-2 LLM) unless the model was built in `moe` mode, which has
+no language-only path; `language_only=True` forces it for every prompt, False disables the
+automatic switch. Graph mode does not recompile when a layer's mode attribute changes, so each
+(step, mode) pair gets its own cell, and the mode is set before every call. Routing noise (used
+by the random strategy and img_gbpr's redistribution) comes from a numpy generator seeded with
+`routing_seed`: a generation is deterministic. In multimodal mode all token slots of a call
+compete for the experts' capacity, padding slots counted in T (DESIGN section 3): batching and
+`length_bucket` can change which tokens are dropped when capacity is short; they change nothing
+in language_only mode or in a dense model.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+from eve_ms.config import IMAGE_TOKEN_INDEX
+from eve_ms.inference.sampling import GenerationConfig, next_tokens
+from eve_ms.inference.streaming import ReplyText
+
+FINISH_REASONS = ("eos", "stop_string", "length")
+
+
+class PrefillStep(nn.Cell):
+    """Prompts [B, S] (+ pixels) into empty caches -> (last-position logits [B, V] float32, caches)."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.model = model
+        self.has_evf = model.llm.num_evf_layers > 0
+
+    def construct(self, input_ids, attention_mask, key_cache, value_cache, routing_noise, pixel_values=None):
+        embeds, is_image = self.model.embed_inputs(input_ids, pixel_values)
+        noise = routing_noise if self.has_evf else None
+        logits, key_cache, value_cache = self.model.llm.forward_step(
+            embeds, attention_mask, ops.zeros((), ms.int32), key_cache, value_cache, is_image, noise
+        )
+        return logits[:, -1].astype(ms.float32), key_cache, value_cache
+
+
+class DecodeStep(nn.Cell):
+    """One text token per sample [B, 1] at `cache_position` -> (logits [B, V] float32, caches)."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.has_evf = model.llm.num_evf_layers > 0
+
+    def construct(self, token_ids, attention_mask, cache_position, key_cache, value_cache, routing_noise):
+        noise = routing_noise if self.has_evf else None
+        logits, key_cache, value_cache = self.model.llm.forward_step(
+            self.model.llm.embed(token_ids), attention_mask, cache_position, key_cache, value_cache, None, noise
+        )
+        return logits[:, -1].astype(ms.float32), key_cache, value_cache
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: np.ndarray  # the new tokens, int32; the eos token is not included
+    text: Optional[str]  # decoded reply (ends before a stop string); None without a tokenizer
+    finish_reason: str  # eos | stop_string | length
+    evf_mode: Optional[str]  # the EVF mode this sample ran in; None for a model without EVF layers
+    logits: Optional[np.ndarray] = None  # [steps, V] float32: what each token was chosen from (keep_logits)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class Generator:
+    """Generates replies from an `EveForCausalLM` (see the module docstring).
+
+    tokenizer: decodes replies (text, stop strings, streaming) and gives eos/pad ids; without
+    one, ids come from the model config and outputs carry token ids only.
+    length_bucket: prompt lengths and cache lengths are rounded up to a multiple of it (left
+    padding), so graph mode compiles fewer shapes.
+    """
+
+    def __init__(self, model, tokenizer=None, *, length_bucket: int = 1, routing_seed: int = 0):
+        if length_bucket < 1:
+            raise ValueError(f"length_bucket must be at least 1, got {length_bucket}")
+        self.model = model
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.length_bucket = length_bucket
+        self.routing_seed = routing_seed
+        llm = model.llm
+        self.evf_layers = [llm.model.layers[i].mlp for i in llm.model.evf_layer_indices]
+        self.model_mode = self.evf_layers[0].mode if self.evf_layers else None
+        self.eos_token_id = self.config.llm.eos_token_id
+        self.pad_token_id = self.config.llm.pad_token_id
+        if tokenizer is not None:
+            from eve_ms.data.tokenizer import special_ids
+
+            ids = special_ids(tokenizer)
+            self.eos_token_id, self.pad_token_id = ids.eos, ids.pad
+        self._cells: dict = {}
+        model.set_train(False)
+
+    # ------------------------------------------------------------------ modes
+
+    def evf_mode_for(self, has_image: bool, language_only: Optional[bool] = None) -> Optional[str]:
+        """The EVF mode a prompt runs in (None: the model has no EVF layers)."""
+        if self.model_mode is None:
+            return None
+        if language_only:
+            return "language_only"
+        if not has_image and language_only is None and self.model_mode == "multimodal":
+            return "language_only"
+        return self.model_mode
+
+    @contextlib.contextmanager
+    def evf_mode(self, mode: Optional[str]):
+        """Run the EVF layers in `mode` inside the block; the model's own mode afterwards."""
+        for layer in self.evf_layers:
+            layer.set_mode(mode)
+        try:
+            yield
+        finally:
+            for layer in self.evf_layers:
+                layer.set_mode(self.model_mode)
+
+    def _cell(self, kind: str, mode: Optional[str], with_image: bool = False):
+        key = (kind, mode, with_image)
+        if key not in self._cells:
+            self._cells[key] = PrefillStep(self.model) if kind == "prefill" else DecodeStep(self.model)
+        return self._cells[key]
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        input_ids: Sequence,
+        pixel_values: Optional[Sequence] = None,
+        config: Optional[GenerationConfig] = None,
+        *,
+        max_new_tokens: Optional[Sequence[int]] = None,
+        language_only: Optional[bool] = None,
+        stream: Optional[Callable[[int, str], None]] = None,
+        keep_logits: bool = False,
+    ) -> list[GenerationOutput]:
+        """One `GenerationOutput` per prompt, in order.
+
+        input_ids: 1-D int arrays; pixel_values: per prompt an array [3, S, S] or None (default:
+        all None); max_new_tokens: optional per-prompt limits (default config.max_new_tokens);
+        stream(index, text): called with each new piece of a reply's text (needs a tokenizer);
+        keep_logits: also return the logits of every step (`GenerationOutput.logits`).
+        """
+        config = config or GenerationConfig()
+        prompts = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in input_ids]
+        pixels = list(pixel_values) if pixel_values is not None else [None] * len(prompts)
+        limits = list(max_new_tokens) if max_new_tokens is not None else [config.max_new_tokens] * len(prompts)
+        if len(pixels) != len(prompts) or len(limits) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(pixels)} pixel entries and {len(limits)} limits")
+        if (config.stop_strings or stream is not None) and self.tokenizer is None:
+            raise ValueError("stop strings and streaming need a tokenizer to decode the replies")
+        for index, (ids, image, limit) in enumerate(zip(prompts, pixels, limits)):
+            self._check_prompt(index, ids, image, limit)
+
+        outputs: list = [None] * len(prompts)
+        sample_rng = np.random.default_rng(config.seed)
+        noise_rng = np.random.default_rng(self.routing_seed)
+        for with_image in (True, False):
+            group = [i for i, image in enumerate(pixels) if (image is not None) == with_image]
+            if not group:
+                continue
+            mode = self.evf_mode_for(with_image, language_only)
+            for part in self._fitting_parts(group, prompts, limits):
+                results = self._generate_group(
+                    [prompts[i] for i in part], [pixels[i] for i in part] if with_image else None,
+                    [limits[i] for i in part], mode, config, sample_rng, noise_rng,
+                    (lambda row, text, _part=part: stream(_part[row], text)) if stream else None, keep_logits,
+                )
+                for i, result in zip(part, results):
+                    outputs[i] = result
+        return outputs
+
+    def _fitting_parts(self, group: list, prompts: list, limits: list) -> list:
+        """The group as one batch, or one prompt at a time when the longest prompt plus the
+        largest limit would not fit the cache (each prompt alone does, `_check_prompt`)."""
+        longest = max(len(prompts[i]) for i in group) + max(limits[i] for i in group)
+        if longest <= self.config.llm.max_position_embeddings:
+            return [group]
+        return [[i] for i in group]
+
+    def _check_prompt(self, index: int, ids: np.ndarray, image, limit: int) -> None:
+        if ids.size == 0:
+            raise ValueError(f"prompt {index} is empty")
+        if limit < 1:
+            raise ValueError(f"prompt {index}: max_new_tokens must be at least 1, got {limit}")
+        image_tokens = int((ids == IMAGE_TOKEN_INDEX).sum())
+        vocab = self.config.llm.vocab_size
+        text = ids[ids != IMAGE_TOKEN_INDEX]
+        if text.size and (text.min() < 0 or text.max() >= vocab):
+            raise ValueError(f"prompt {index} has token ids outside 0..{vocab - 1}")
+        if image is None and image_tokens:
+            raise ValueError(f"prompt {index} has {image_tokens} image tokens but no image")
+        if image is not None:
+            expected = self.config.num_image_tokens
+            if image_tokens != expected:
+                raise ValueError(f"prompt {index} has {image_tokens} image tokens, an image takes {expected}")
+            size = self.config.vision.image_size
+            if tuple(np.shape(image)) != (3, size, size):
+                raise ValueError(f"prompt {index}: pixels must be [3, {size}, {size}], got {list(np.shape(image))}")
+        total = len(ids) + limit
+        longest = self.config.llm.max_position_embeddings
+        if total > longest:
+            raise ValueError(
+                f"prompt {index}: {len(ids)} prompt tokens + {limit} new tokens exceed "
+                f"max_position_embeddings={longest}"
+            )
+
+    def _routing_noise(self, rng: np.random.Generator, batch: int, length: int) -> Tensor:
+        layers = max(1, len(self.evf_layers))  # a dense model's steps ignore it
+        return Tensor(rng.random((layers, batch, length), dtype=np.float32))
+
+    def _generate_group(self, prompts, pixels, limits, mode, config, sample_rng, noise_rng, stream, keep_logits):
+        batch = len(prompts)
+        steps = max(limits)
+        longest = self.config.llm.max_position_embeddings
+        length = max(len(p) for p in prompts)
+        if _round_up(length, self.length_bucket) + steps <= longest:
+            length = _round_up(length, self.length_bucket)
+        slots = min(_round_up(length + steps, self.length_bucket), longest)
+        ids = np.full((batch, length), self.pad_token_id, np.int32)
+        mask = np.zeros((batch, slots), np.int32)
+        for row, prompt in enumerate(prompts):
+            ids[row, length - len(prompt):] = prompt
+            mask[row, length - len(prompt):length] = 1
+        eos = config.eos_token_id if config.eos_token_id is not None else self.eos_token_id
+        replies = [ReplyText(self.tokenizer, config.stop_strings) if self.tokenizer else None for _ in prompts]
+        generated = [[] for _ in prompts]
+        seen = [[] for _ in prompts]  # logits of each sample's steps, when kept
+        reasons: list = [None] * batch
+
+        with self.evf_mode(mode):
+            key_cache, value_cache = self.model.llm.init_cache(batch, slots)
+            args = [Tensor(ids), Tensor(mask), key_cache, value_cache, self._routing_noise(noise_rng, batch, length)]
+            if pixels is not None:
+                args.append(Tensor(np.stack(pixels).astype(np.float32)))
+            logits, key_cache, value_cache = self._cell("prefill", mode, pixels is not None)(*args)
+            decode = self._cell("decode", mode)
+            for step in range(steps):
+                step_logits = logits.asnumpy()
+                tokens = next_tokens(step_logits, config, sample_rng)
+                for row in range(batch):
+                    if reasons[row] is None:
+                        if keep_logits:
+                            seen[row].append(step_logits[row])
+                        reasons[row] = self._accept(row, int(tokens[row]), eos, generated, replies, stream)
+                        if reasons[row] is None and step + 1 >= limits[row]:
+                            reasons[row] = "length"
+                active = np.array([r is None for r in reasons])
+                if not active.any():
+                    break
+                mask[active, length + step] = 1
+                step_tokens = np.where(active, tokens, self.pad_token_id).astype(np.int32)
+                logits, key_cache, value_cache = decode(
+                    Tensor(step_tokens[:, None]), Tensor(mask), Tensor(length + step, ms.int32), key_cache,
+                    value_cache, self._routing_noise(noise_rng, batch, 1),
+                )
+
+        outputs = []
+        for row in range(batch):
+            text = None
+            if replies[row] is not None:
+                rest = replies[row].finish()
+                if rest and stream:
+                    stream(row, rest)
+                text = replies[row].text
+            kept = np.stack(seen[row]) if keep_logits else None
+            outputs.append(GenerationOutput(np.asarray(generated[row], np.int32), text, reasons[row] or "length",
+                                            mode, kept))
+        return outputs
+
+    def _accept(self, row, token, eos, generated, replies, stream) -> Optional[str]:
+        """Record one sample's new token; returns its finish reason, or None while it goes on."""
+        if eos is not None and token == eos:
+            return "eos"
+        generated[row].append(token)
+        reply = replies[row]
+        if reply is None:
+            return None
+        piece = reply.update(generated[row])
+        if piece and stream:
+            stream(row, piece)
+        return "stop_string" if reply.stopped else None

@@ -1,0 +1,63 @@
+"""Log-likelihood of text continuations, for multiple-choice language benchmarks (the language-only path).
+
+`continuation_logliks` scores (context ids, continuation ids) pairs: the sum over the
+continuation's tokens of log p(token | everything before it). Sequences are right-padded into
+batches; a sequence longer than the model's positions keeps its last `max_position_embeddings`
+tokens (the start of the context is dropped, as lm-evaluation-harness does). The log-softmax
+and the pick of each target's log-probability run inside the model call, so only [B, S]
+numbers come back to the host.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+
+
+class TokenLogProbs(nn.Cell):
+    """input_ids, attention_mask [B, S] -> log p(input_ids[:, t + 1] | input_ids[:, :t + 1]) [B, S - 1] float32."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)  # keep the model's parameter names
+        self.llm = model.llm
+
+    def construct(self, input_ids, attention_mask):
+        logits = self.llm.forward_embeds(self.llm.embed(input_ids), attention_mask)[0]
+        log_probs = ops.log_softmax(logits[:, :-1].astype(ms.float32), -1)
+        targets = input_ids[:, 1:].astype(ms.int32).expand_dims(-1)
+        return ops.gather_elements(log_probs, 2, targets).squeeze(-1)
+
+
+def continuation_logliks(cell: TokenLogProbs, pairs: Sequence[tuple], max_length: int, batch_size: int = 8,
+                         pad_token_id: int = 0) -> list[float]:
+    """Summed log-probability of each pair's continuation given its context (both 1-D token id lists)."""
+    sequences, starts = [], []
+    for index, (context, continuation) in enumerate(pairs):
+        context, continuation = list(context), list(continuation)
+        if not context:
+            raise ValueError(f"pair {index}: empty context (a continuation needs at least one token before it)")
+        if not continuation:
+            raise ValueError(f"pair {index}: empty continuation")
+        if len(continuation) >= max_length:
+            raise ValueError(f"pair {index}: continuation of {len(continuation)} tokens does not fit "
+                             f"max_position_embeddings={max_length}")
+        sequence = (context + continuation)[-max_length:]
+        sequences.append(sequence)
+        starts.append(len(sequence) - len(continuation))
+    results = []
+    for first in range(0, len(sequences), batch_size):
+        batch = sequences[first:first + batch_size]
+        length = max(len(s) for s in batch)
+        ids = np.full((len(batch), length), pad_token_id, np.int32)
+        mask = np.zeros((len(batch), length), np.int32)
+        for row, sequence in enumerate(batch):
+            ids[row, :len(sequence)] = sequence
+            mask[row, :len(sequence)] = 1
+        log_probs = cell(Tensor(ids), Tensor(mask)).asnumpy()
+        for row, sequence in enumerate(batch):
+            start = starts[first + row]
+            # position t predicts token t + 1: the continuation's tokens start..len-1 are predicted at start-1..len-2
+            results.append(float(log_probs[row, start - 1:len(sequence) - 1].astype(np.float64).sum()))
+    return results

@@ -1,0 +1,177 @@
+"""Original Eve / MoE-LLaVA checkpoints -> eve-ms: outputs match PyTorch references within 1e-4.
+
+The source is built here in MoE-LLaVA's layout and saved with torch.save: a tiny Llama whose
+layer 0 is a DeepSpeed MoE layer (expert 0 = the Llama's own MLP, expert 1 another MLP, gate
+`wg`), a CLIP tower under `model.image_tower.image_tower.` and an mlp2x_gelu projector under
+`model.mm_projector.image_spatial_proj.`. References: the Llama with expert 0 as its MLP
+(language-only path), and the same Llama with a PyTorch top-1 MoE layer in layer 0 fed the
+CLIP features through the projector (multimodal path; capacity factor 2 drops nothing).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from mindspore import Tensor
+from transformers import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaMLP
+
+from eve_ms.checkpoint_dir import load_eve_checkpoint
+from eve_ms.cli import main
+from eve_ms.config import IMAGE_TOKEN_INDEX, ConfigError
+from eve_ms.convert.moe_llava import convert_moe_llava, export_moe_llava_state_dict
+from eve_ms.convert.weights import CheckpointError
+from tiny_sources import llama_logits, order_one, pixels, tiny_llama, tiny_vit, vit_features
+
+EXPERTS = "model.layers.0.mlp.deepspeed_moe.experts.deepspeed_experts"
+GATE = "model.layers.0.mlp.deepspeed_moe.gate.wg.weight"
+
+
+class TopOneMoE(torch.nn.Module):
+    """Top-1 routing without capacity limits: each token runs the expert of its largest gate probability."""
+
+    def __init__(self, wg, experts):
+        super().__init__()
+        self.wg, self.experts = wg, torch.nn.ModuleList(experts)
+        self.choices = []
+
+    def forward(self, x):
+        probs = torch.softmax(x.float() @ self.wg.T, -1)
+        choice = probs.argmax(-1, keepdim=True)
+        self.choices.append(choice.flatten())
+        return torch.where(choice == 0, self.experts[0](x), self.experts[1](x))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("moe_llava")
+    llama, clip = tiny_llama(seed=3), tiny_vit("clip", seed=4)
+    vision_dir = root / "clip"
+    clip.save_pretrained(vision_dir)
+    torch.manual_seed(5)
+    projector = order_one(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 32)), 6)
+    vision_expert = order_one(LlamaMLP(llama.config), 7)
+    wg = torch.randn(2, 32, generator=torch.Generator().manual_seed(8))
+
+    state = {}
+    for name, value in llama.state_dict().items():
+        if name.startswith("model.layers.0.mlp."):
+            state[f"{EXPERTS}.0.{name[len('model.layers.0.mlp.'):]}"] = value.clone()
+        else:
+            state[name] = value.clone()
+    for name, value in vision_expert.state_dict().items():
+        state[f"{EXPERTS}.1.{name}"] = value.clone()
+    state[GATE] = wg.clone()
+    state.update({f"model.image_tower.image_tower.{k}": v.clone() for k, v in clip.state_dict().items()})
+    state.update({f"model.mm_projector.image_spatial_proj.{k}": v.clone() for k, v in projector.state_dict().items()})
+
+    src = root / "source"
+    src.mkdir()
+    config = llama.config.to_dict()
+    config.update(model_type="moe_llava_llama", image_projector_type="mlp2x_gelu", mm_hidden_size=16,
+                  mm_vision_select_layer=-2, mm_image_tower="openai/clip-vit-large-patch14-336",
+                  moe=dict(moe_enable=True, moe_layers_idx=[0], num_experts=[2], top_k_experts=1,
+                           capacity_factor=1.5, eval_capacity_factor=1.5, min_capacity=0, use_residual=False))
+    (src / "config.json").write_text(json.dumps(config))
+    torch.save(state, src / "pytorch_model.bin")
+
+    out = root / "converted"
+    argv = ["convert", "moe-llava", "--src", str(src), "--vision", str(vision_dir), "--out", str(out),
+            "--strategy", "gbpr", "--capacity-factor", "2.0"]
+    assert main(argv) == 0
+    model, eve_config, _ = load_eve_checkpoint(str(out))
+    return dict(root=root, src=src, vision_dir=vision_dir, out=out, state=state, llama=llama, clip=clip,
+                projector=projector, vision_expert=vision_expert, wg=wg, model=model, config=eve_config)
+
+
+def test_config_places_the_evf_layers_and_the_adapter(source):
+    config = source["config"]
+    assert config.evf.enabled and config.evf.layer_indices(2) == [0]
+    assert config.evf.capacity_factor == 2.0 and config.evf.strategy == "gbpr" and config.evf.min_capacity == 0
+    assert config.adapter.type == "mlp2x_gelu" and config.vision.backbone == "clip" and config.num_image_tokens == 4
+
+
+def test_language_only_path_equals_the_llama_with_expert_zero(source):
+    model = source["model"]
+    ids = np.random.default_rng(0).integers(3, 300, (2, 7)).astype(np.int32)
+    model.set_evf_mode("language_only")
+    try:
+        logits = model.forward(Tensor(ids))[0].asnumpy()
+    finally:
+        model.set_evf_mode("multimodal")
+    np.testing.assert_allclose(logits, llama_logits(source["llama"], ids), atol=1e-4)
+
+
+def test_multimodal_path_equals_a_torch_top1_moe_fed_the_projected_clip_features(source):
+    model, llama = source["model"], source["llama"]
+    ids = np.array([[1, 17, 33] + [IMAGE_TOKEN_INDEX] * 4 + [45, 60, 71, 9]], np.int64)
+    image = pixels(2)
+    with torch.no_grad():
+        features = source["projector"](vit_features(source["clip"], image))
+        text = torch.tensor(np.where(ids == IMAGE_TOKEN_INDEX, 0, ids))
+        embeds = llama.model.embed_tokens(text)
+        embeds[torch.tensor(ids == IMAGE_TOKEN_INDEX)] = features.reshape(-1, 32)
+        original = llama.model.layers[0].mlp
+        moe = TopOneMoE(source["wg"], [original, source["vision_expert"]])
+        llama.model.layers[0].mlp = moe
+        try:
+            expected = llama_logits(llama, None, inputs_embeds=embeds)
+        finally:
+            llama.model.layers[0].mlp = original
+    routed = moe.choices[0]
+    assert 0 < int(routed.sum()) < routed.numel()  # both experts are used: the check covers both
+    logits = model.forward(Tensor(ids.astype(np.int32)), pixel_values=Tensor(image))[0].asnumpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_export_to_hugging_face_llama_is_the_language_only_model(source, tmp_path):
+    out = tmp_path / "hf"
+    assert main(["convert", "to-hf-llm", "--src", str(source["out"]), "--out", str(out)]) == 0
+    exported = LlamaForCausalLM.from_pretrained(out).eval()
+    ids = np.random.default_rng(1).integers(3, 300, (1, 9))
+    np.testing.assert_allclose(llama_logits(exported, ids), llama_logits(source["llama"], ids), atol=1e-4)
+
+
+def test_original_names_come_back_exactly(source):
+    exported = export_moe_llava_state_dict(source["model"])
+    state = {name: value.numpy() for name, value in source["state"].items()}
+    tower = "model.image_tower.image_tower."
+    assert {n for n in state if not n.startswith(tower)} == {n for n in exported if not n.startswith(tower)}
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, state[name], err_msg=name)
+
+
+def _rewrite(source, tmp_path, state_change=None, moe_change=None):
+    src = tmp_path / "changed"
+    src.mkdir()
+    config = json.loads((source["src"] / "config.json").read_text())
+    config["moe"].update(moe_change or {})
+    (src / "config.json").write_text(json.dumps(config))
+    state = dict(source["state"])
+    state.update(state_change or {})
+    torch.save(state, src / "pytorch_model.bin")
+    return str(src)
+
+
+def test_pangu_pi_layers_are_named_as_not_convertible(source, tmp_path):
+    src = _rewrite(source, tmp_path, {"model.layers.1.mlp.gate_proj2.weight": torch.zeros(48, 32)})
+    with pytest.raises(CheckpointError, match=r"gate_proj2.*second FFN gate"):
+        convert_moe_llava(src, None, str(source["vision_dir"]))
+
+
+def test_more_than_two_experts_is_a_config_error(source, tmp_path, capsys):
+    src = _rewrite(source, tmp_path, moe_change={"num_experts": [4]})
+    with pytest.raises(ConfigError, match="exactly 2 experts"):
+        convert_moe_llava(src, None, str(source["vision_dir"]))
+    assert main(["convert", "moe-llava", "--src", src, "--vision", str(source["vision_dir"]),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "exactly 2 experts" in capsys.readouterr().err
+
+
+def test_missing_expert_tensor_is_named(source, tmp_path):
+    src = _rewrite(source, tmp_path)
+    state = dict(source["state"])
+    del state[f"{EXPERTS}.1.down_proj.weight"]
+    torch.save(state, f"{src}/pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="deepspeed_experts.1.down_proj.weight"):
+        convert_moe_llava(src, None, str(source["vision_dir"]))
