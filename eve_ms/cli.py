@@ -11,7 +11,7 @@ import sys
 
 # command -> (module, help)
 COMMANDS = {
-    "demo": ("eve_ms.demo", "run the embedded default: the whole three-stage method on a tiny model"),
+    "demo": ("eve_ms.demo.pipeline", "run the embedded default: the whole three-stage method on a tiny model"),
     "train": ("eve_ms.training.launch", "train one stage from a yaml config (also under msrun)"),
     "plot": ("eve_ms.training.plots", "plot a training JSONL log to PNG"),
     "data": ("eve_ms.data.check", "validate a LLaVA-format dataset"),

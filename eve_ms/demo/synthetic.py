@@ -76,8 +76,8 @@ def random_scene(rng: random.Random, max_objects: int = 3) -> list[SceneObject]:
     for quadrant in quadrants:
         while True:
             colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-            if (colour, shape) not in used:  # every object is uniquely named
-                used.add((colour, shape))
+            if colour not in used:  # colours are unique within a scene: "the red object" names one
+                used.add(colour)
                 break
         objects.append(SceneObject(colour, shape, quadrant))
     return objects
@@ -89,33 +89,30 @@ def caption(objects: list[SceneObject]) -> str:
 
 
 def questions(objects: list[SceneObject], rng: random.Random, max_objects: int = 3) -> list[dict]:
-    """Question/answer pairs about one scene, each with the answer options that define chance."""
-    out = []
+    """Question/answer pairs about one scene, each with the answer options that define chance.
+
+    Questions address objects by quadrant or by colour (colours are unique within a scene), so a
+    tiny model can answer them by looking up one image region or scanning for one colour.
+    """
     target = rng.choice(objects)
-    unique_shapes = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
-    unique_colours = [o for o in objects if sum(p.colour == o.colour for p in objects) == 1]
-    if unique_shapes:
-        o = rng.choice(unique_shapes)
-        out.append({"type": "colour", "question": f"What colour is the {o.shape}?", "answer": o.colour,
-                    "options": list(COLOURS)})
-    if unique_colours:
-        o = rng.choice(unique_colours)
-        out.append({"type": "shape", "question": f"What shape is the {o.colour} object?", "answer": o.shape,
-                    "options": list(SHAPES)})
-    out.append({"type": "count", "question": "How many objects are there?", "answer": NUMBER_WORDS[len(objects)],
-                "options": list(NUMBER_WORDS[1:max_objects + 1])})
-    out.append({"type": "position", "question": f"Where is the {target.name}?", "answer": target.quadrant,
-                "options": list(QUADRANTS)})
+    other = rng.choice(objects)
+    out = [
+        {"type": "colour", "question": f"What colour is the object at the {target.quadrant}?",
+         "answer": target.colour, "options": list(COLOURS)},
+        {"type": "shape", "question": f"What shape is the object at the {other.quadrant}?",
+         "answer": other.shape, "options": list(SHAPES)},
+        {"type": "position", "question": f"Where is the {rng.choice(objects).colour} object?",
+         "options": list(QUADRANTS)},
+    ]
+    out[2]["answer"] = next(o.quadrant for o in objects if out[2]["question"] == f"Where is the {o.colour} object?")
     present = rng.random() < 0.5
-    if present:
-        probe = rng.choice(objects)
-    else:
-        names = {(o.colour, o.shape) for o in objects}
-        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in names]
-        colour, shape = rng.choice(absent)
-        probe = SceneObject(colour, shape, "")
-    out.append({"type": "presence", "question": f"Is there a {probe.name} in the image?",
+    used = {o.colour for o in objects}
+    colour = rng.choice(sorted(used)) if present else rng.choice([c for c in COLOURS if c not in used])
+    out.append({"type": "presence", "question": f"Is there a {colour} object?",
                 "answer": "yes" if present else "no", "options": ["yes", "no"]})
+    if max_objects > 1:
+        out.append({"type": "count", "question": "How many objects are there?", "answer": NUMBER_WORDS[len(objects)],
+                    "options": list(NUMBER_WORDS[1:max_objects + 1])})
     return out
 
 
@@ -171,7 +168,7 @@ def _conversation(question: str, answer: str, with_image: bool) -> list[dict]:
     return [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
 
 
-def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, num_caption: int = 400,
+def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: int = 1, num_caption: int = 400,
              num_instruct_images: int = 400, num_eval_images: int = 60, text_only_fraction: float = 0.1) -> dict:
     """Write the whole demo data set under `out_dir`; returns the paths."""
     rng = random.Random(seed)
@@ -179,7 +176,7 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, num_caption: 
     os.makedirs(image_dir, exist_ok=True)
 
     def new_image(prefix: str, index: int):
-        objects = random_scene(rng)
+        objects = random_scene(rng, max_objects)
         name = f"{prefix}_{index:05d}.png"
         draw_scene(objects, image_size, rng).save(os.path.join(image_dir, name))
         return name, objects
@@ -195,10 +192,11 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, num_caption: 
     instruct = []
     for i in range(num_instruct_images):
         name, objects = new_image("vqa", i)
-        turns = []
-        for j, qa in enumerate(questions(objects, rng)):
-            turns += _conversation(qa["question"], qa["answer"], with_image=(j == 0))
-        instruct.append({"id": f"vqa-{i}", "image": name, "conversations": turns})
+        # One question per sample: in a multi-turn conversation, other questions would give the
+        # answer away ("Is there a red object?" names the colour) and the model would learn to copy.
+        qa = rng.choice(questions(objects, rng, max_objects))
+        instruct.append({"id": f"vqa-{i}", "image": name,
+                         "conversations": _conversation(qa["question"], qa["answer"], with_image=True)})
     # Text-only instruction samples keep the LLM's language path exercised during stages 2/3.
     language_items = _language_questions()
     for i in range(int(text_only_fraction * num_instruct_images)):
@@ -210,7 +208,7 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, num_caption: 
     vqa_eval = []
     for i in range(num_eval_images):
         name, objects = new_image("eval", i)
-        for j, qa in enumerate(questions(objects, rng)):
+        for j, qa in enumerate(questions(objects, rng, max_objects)):
             vqa_eval.append({"id": f"eval-{i}-{j}", "image": name, "type": qa["type"],
                              "question": qa["question"], "answer": qa["answer"], "options": qa["options"]})
 

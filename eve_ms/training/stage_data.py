@@ -66,6 +66,12 @@ def resolve_tokenizer(data: DataConfig, load_checkpoint: str | None, output_dir:
             if not os.path.exists(path):
                 raise ConfigError(f"tokenizer corpus file not found: {path}")
             texts += conversation_texts(path)
+        # Every rendered sample carries its template's fixed text (system prompt, role names), which
+        # conversation values do not contain: weigh it like that, or it tokenizes letter by letter.
+        from eve_ms.data.templates import TEMPLATES
+
+        fixed = [" ".join([t.system, *(f"{role}:" for role in t.roles)]) for t in TEMPLATES.values() if t.system]
+        texts += fixed * max(1, len(texts) // 4)
         staging = f"{cache}.tmp{os.getpid()}"
         train_bpe_tokenizer(texts, vocab_size, save_dir=staging)
         os.replace(staging, cache)
