@@ -43,8 +43,8 @@ class DemoPlan:
 
 PLANS = {
     "full": DemoPlan(caption_images=2000, instruct_images=8000, eval_images=80,
-                     steps={"stage0": 200, "stage1": 100, "stage2": 500, "stage3": 250},
-                     learning_rates={"stage0": 1e-3, "stage1": 1e-3, "stage2": 2e-3, "stage3": 1e-3},
+                     steps={"stage0": 150, "stage1": 100, "stage2": 500, "stage3": 250},
+                     learning_rates={"stage0": 3e-3, "stage1": 1e-3, "stage2": 3e-3, "stage3": 3e-3},
                      ablations=True),
     "quick": DemoPlan(caption_images=600, instruct_images=3000, eval_images=40,
                       steps={"stage0": 100, "stage1": 40, "stage2": 200, "stage3": 100},
@@ -62,6 +62,9 @@ RUNS = {
     "stage3_gbpr": ("stage3.yaml", "stage2", "instruct"),
     "stage3_moe": ("stage3_moe.yaml", "stage2", "instruct"),
 }
+# Longest sample of each demo data set (BOS, template, image tokens, question, answer, EOS) fits:
+# padding to the tiny yamls' generic 192 would make every step several times slower.
+MAX_LENGTH = {"text_train": 32, "captions": 48, "instruct": 64}
 STRATEGY = {"stage3": "img_gbpr", "stage3_random": "random", "stage3_gbpr": "gbpr", "stage3_moe": "gbpr"}
 
 
@@ -78,7 +81,7 @@ def write_run_yaml(name: str, out_dir: str, paths: dict, plan: DemoPlan, tokeniz
         "checkpoint": {"save_checkpoint_steps": 10_000},  # the demo keeps only each stage's final weights
         "logging": {"progress_bar": True, "plot_at_end": False},
         "data": {"data_path": paths[data_key], "image_folder": paths["image_folder"],
-                 "tokenizer_path": tokenizer_dir or ""},
+                 "tokenizer_path": tokenizer_dir or "", "max_length": MAX_LENGTH[data_key]},
     }
     if name == "stage0":
         run["task_options"] = {"tokenizer_vocab_size": 512,

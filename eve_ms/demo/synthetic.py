@@ -169,7 +169,8 @@ def _conversation(question: str, answer: str, with_image: bool) -> list[dict]:
 
 
 def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: int = 1, num_caption: int = 400,
-             num_instruct_images: int = 400, num_eval_images: int = 60, text_only_fraction: float = 0.1) -> dict:
+             num_instruct_images: int = 400, num_eval_images: int = 60, text_only_fraction: float = 0.1,
+             num_text_descriptions: int = 200) -> dict:
     """Write the whole demo data set under `out_dir`; returns the paths."""
     rng = random.Random(seed)
     image_dir = os.path.join(out_dir, "images")
@@ -226,9 +227,14 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: 
     _write_json(paths["captions"], captions)
     _write_json(paths["instruct"], instruct)
     _write_json(paths["vqa_eval"], vqa_eval)
+    # The corpus also describes scenes in words (no pictures): a pretrained LLM can already write
+    # such sentences, so stage 1 only has to ground them in the image.
+    descriptions = [caption(random_scene(rng, max_objects)) for _ in range(num_text_descriptions)]
+    corpus = sentences + descriptions
+    rng.shuffle(corpus)
     _write_json(paths["text_train"], [
         {"id": f"text-{i}", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": sentence}]}
-        for i, sentence in enumerate(sentences)
+        for i, sentence in enumerate(corpus)
     ])
     _write_json(paths["language_eval"], {"sentences": eval_sentences, "questions": language_items})
     return paths

@@ -139,8 +139,10 @@ class EVFLayer(nn.Cell):
 
         gate = ops.where(expert == 1, probs[:, 1], probs[:, 0])  # P[x, expert]; dropped rows are 0 anyway
         if self.combine == "unit":
-            # value exactly `out` (gate - gate == 0 exactly), gradient of `gate` as for out * gate
-            out = out + out * (gate - ops.stop_gradient(gate)).astype(out.dtype).reshape(num_tokens, 1)
+            # value exactly `out` (gate - gate == 0 exactly), gradient of `gate` as for out * gate; `out`'s own
+            # gradient passes unchanged (stop_gradient spares the backward pass a [T, H] product with zero)
+            straight_through = (gate - ops.stop_gradient(gate)).astype(out.dtype).reshape(num_tokens, 1)
+            out = out + ops.stop_gradient(out) * straight_through
         else:
             out = out * gate.astype(out.dtype).reshape(num_tokens, 1)
 

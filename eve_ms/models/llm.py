@@ -334,17 +334,22 @@ class Decoder(nn.Cell):
         cos = ops.gather(self.rope_cos, position_ids, 0).astype(x.dtype).reshape(b, 1, s, -1)
         sin = ops.gather(self.rope_sin, position_ids, 0).astype(x.dtype).reshape(b, 1, s, -1)
         keys, values, aux_losses, stats = [], [], [], []
+        # per-layer views by unstacking: indexing the stacked tensor (cache[i]) is a StridedSlice that
+        # MindSpore's CPU kernel runs ~20x slower, and it dominated the time of a decoding step
+        noises = ops.unstack(routing_noise, 0) if self.evf_layer_indices else ()
+        key_layers = ops.unstack(key_cache, 0) if key_cache is not None else ()
+        value_layers = ops.unstack(value_cache, 0) if key_cache is not None else ()
         evf_index = 0
         for i, layer in enumerate(self.layers):
             noise = None
             if layer.is_evf:
-                noise = routing_noise[evf_index]
+                noise = noises[evf_index]
                 evf_index += 1
             if key_cache is None:
                 x, k, v, aux, stat = layer(x, cos, sin, allowed, is_image, valid, noise)
             else:
                 x, k, v, aux, stat = layer(
-                    x, cos, sin, allowed, is_image, valid, noise, key_cache[i], value_cache[i], write_start
+                    x, cos, sin, allowed, is_image, valid, noise, key_layers[i], value_layers[i], write_start
                 )
             if key_cache is not None:
                 keys.append(k)
@@ -374,11 +379,12 @@ def causal_lm_loss(logits, labels, ignore_index: int = IGNORE_INDEX):
     target tokens (labels != ignore_index after the shift). The mean is loss_sum / num_targets;
     data-parallel training divides by the target count of the global batch instead.
     """
-    vocab = logits.shape[-1]
-    shift_logits = logits[:, :-1, :].astype(ms.float32).reshape(-1, vocab)
-    targets = labels[:, 1:].reshape(-1).astype(ms.int32)
+    batch, vocab = logits.shape[0], logits.shape[-1]
+    # the labels shift, not the logits: slicing [B, S, V] would copy it (and its gradient) whole
+    last = ops.full((batch, 1), ignore_index, dtype=labels.dtype)
+    targets = ops.concat((labels[:, 1:], last), 1).reshape(-1).astype(ms.int32)
     counted = targets != ignore_index
-    log_probs = ops.log_softmax(shift_logits, -1)
+    log_probs = ops.log_softmax(logits.astype(ms.float32).reshape(-1, vocab), -1)
     safe_targets = ops.where(counted, targets, ops.zeros_like(targets))
     picked = ops.gather_elements(log_probs, 1, safe_targets.reshape(-1, 1)).reshape(-1)
     mask = counted.astype(ms.float32)
@@ -523,7 +529,7 @@ class LLMDecodeStep(nn.Cell):
     """`llm.forward_step` on token ids, as a cell of its own so graph mode compiles it (one graph per S)."""
 
     def __init__(self, llm: LLM):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # keep the LLM's own parameter names
         self.llm = llm
 
     def construct(self, input_ids, attention_mask, cache_position, key_cache, value_cache):

@@ -128,26 +128,31 @@ def _cells():
     from mindspore import nn, ops
 
     class MicroStep(nn.Cell):
-        """Forward + backward of one micro-batch, gradients added into the float32 buffers."""
+        """Forward + backward of one micro-batch, gradients added into the float32 buffers.
+
+        One forward pass: its outputs are both what is reported and what is differentiated
+        (value_and_grad with aux outputs), so dropout and routing noise see a single draw.
+        """
 
         def __init__(self, network, weights, accum):
             super().__init__(auto_prefix=False)
             self.network = network
             self.weights = weights
             self.accum = accum
-            self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+            self.value_and_grad = ms.value_and_grad(self.objective, None, weights, has_aux=True)
 
-        def construct(self, *inputs):
+        def objective(self, *inputs):
+            """(loss_sum / N_global + aux weight x aux) x loss scale, with the pieces as aux outputs."""
             data = inputs[:-3]
             inv_n, aux_w, scale = inputs[-3], inputs[-2], inputs[-1]
             loss_sum, num_targets, aux_loss, stats = self.network(*data)
-            sens = (
-                ops.cast(inv_n * scale, loss_sum.dtype),
-                ops.zeros_like(num_targets),
-                ops.cast(aux_w * scale, aux_loss.dtype),
-                ops.zeros_like(stats),
+            weighted = loss_sum * ops.cast(inv_n * scale, loss_sum.dtype) + aux_loss * ops.cast(
+                aux_w * scale, aux_loss.dtype
             )
-            grads = self.grad(self.network, self.weights)(*data, sens)
+            return weighted, loss_sum, num_targets, aux_loss, stats
+
+        def construct(self, *inputs):
+            (_, loss_sum, num_targets, aux_loss, stats), grads = self.value_and_grad(*inputs)
             for buffer, grad in zip(self.accum, grads):
                 ops.assign_add(buffer, ops.cast(grad, ms.float32))
             return loss_sum, num_targets, aux_loss, stats
