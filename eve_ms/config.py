@@ -176,6 +176,10 @@ class LLMConfig:
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
+    # Std of the random token-embedding init (when not loading weights). 0.02 is the usual one; a
+    # tiny LLM trained from scratch whose inputs include image tokens of unit RMS (the LDP ends in a
+    # LayerNorm) learns to read them much sooner when its word vectors are of a comparable size.
+    embedding_init_std: float = 0.02
 
     @property
     def kv_heads(self) -> int:

@@ -43,8 +43,8 @@ class DemoPlan:
 
 PLANS = {
     "full": DemoPlan(caption_images=2000, instruct_images=8000, eval_images=80,
-                     steps={"stage0": 150, "stage1": 100, "stage2": 500, "stage3": 250},
-                     learning_rates={"stage0": 3e-3, "stage1": 1e-3, "stage2": 3e-3, "stage3": 3e-3},
+                     steps={"stage0": 400, "stage1": 200, "stage2": 400, "stage3": 200},
+                     learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 3e-3, "stage3": 1e-3},
                      ablations=True),
     "quick": DemoPlan(caption_images=600, instruct_images=3000, eval_images=40,
                       steps={"stage0": 100, "stage1": 40, "stage2": 200, "stage3": 100},
@@ -152,7 +152,8 @@ def run_demo(out_dir: str, quick: bool = False, seed: int = 0, log=print) -> dic
     log(f"eve-ms demo ({'quick' if quick else 'full'}) -> {out_dir}")
     paths = synthetic.generate(os.path.join(out_dir, "data"), seed=seed, image_size=32,
                                num_caption=plan.caption_images, num_instruct_images=plan.instruct_images,
-                               num_eval_images=plan.eval_images)
+                               num_eval_images=plan.eval_images, num_text_descriptions=400,
+                               num_text_scene_questions=400)
     evalset = evaluate.load_eval_set(paths)
 
     names = ["stage0", "stage1", "stage2", "stage3"]

@@ -45,8 +45,15 @@ class SceneObject:
         return f"{self.colour} {self.shape}"
 
 
-def draw_scene(objects: list[SceneObject], size: int, rng: random.Random) -> Image.Image:
-    """Each object fills most of its quadrant, with a little jitter so no two images are equal."""
+def draw_scene(objects: list[SceneObject], size: int, rng: random.Random, jitter: int = 0) -> Image.Image:
+    """Each object fills most of its quadrant on a background of random tint; `jitter` pixels of
+    random shrink and shift per object.
+
+    Without jitter an object always covers the same pixels of its patches. The demo's vision
+    encoder is random (no pretrained SigLIP to stand in for), and the patch embedding of a random
+    ViT mixes an object's colour with which pixels it covers: with coverage fixed, colour is a
+    linear feature the adapter can read; with jitter it is not, and a tiny LLM does not learn it.
+    """
     background = tuple(235 + rng.randint(-10, 10) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
@@ -55,7 +62,7 @@ def draw_scene(objects: list[SceneObject], size: int, rng: random.Random) -> Ima
         qx = half if "right" in obj.quadrant else 0
         qy = half if "bottom" in obj.quadrant else 0
         margin = max(1, size // 16)
-        extent = half - 2 * margin - rng.randint(0, max(1, size // 16))
+        extent = half - 2 * margin - rng.randint(0, jitter)
         x0 = qx + margin + rng.randint(0, max(0, half - 2 * margin - extent))
         y0 = qy + margin + rng.randint(0, max(0, half - 2 * margin - extent))
         box = (x0, y0, x0 + extent, y0 + extent)
@@ -86,6 +93,11 @@ def random_scene(rng: random.Random, max_objects: int = 3) -> list[SceneObject]:
 def caption(objects: list[SceneObject]) -> str:
     parts = [f"a {o.name} at the {o.quadrant}" for o in objects]
     return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
+
+
+def scene_words(objects: list[SceneObject]) -> str:
+    """The scene as bare key words, e.g. "red circle top left, blue square bottom right"."""
+    return ", ".join(f"{o.name} {o.quadrant}" for o in objects)
 
 
 def questions(objects: list[SceneObject], rng: random.Random, max_objects: int = 3) -> list[dict]:
@@ -168,9 +180,10 @@ def _conversation(question: str, answer: str, with_image: bool) -> list[dict]:
     return [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
 
 
-def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: int = 1, num_caption: int = 400,
+def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: int = 1, jitter: int = 0,
+             num_caption: int = 400,
              num_instruct_images: int = 400, num_eval_images: int = 60, text_only_fraction: float = 0.1,
-             num_text_descriptions: int = 200) -> dict:
+             num_text_descriptions: int = 200, num_text_scene_questions: int = 0) -> dict:
     """Write the whole demo data set under `out_dir`; returns the paths."""
     rng = random.Random(seed)
     image_dir = os.path.join(out_dir, "images")
@@ -179,7 +192,7 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: 
     def new_image(prefix: str, index: int):
         objects = random_scene(rng, max_objects)
         name = f"{prefix}_{index:05d}.png"
-        draw_scene(objects, image_size, rng).save(os.path.join(image_dir, name))
+        draw_scene(objects, image_size, rng, jitter).save(os.path.join(image_dir, name))
         return name, objects
 
     captions = []
@@ -227,10 +240,19 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: 
     _write_json(paths["captions"], captions)
     _write_json(paths["instruct"], instruct)
     _write_json(paths["vqa_eval"], vqa_eval)
-    # The corpus also describes scenes in words (no pictures): a pretrained LLM can already write
-    # such sentences, so stage 1 only has to ground them in the image.
-    descriptions = [caption(random_scene(rng, max_objects)) for _ in range(num_text_descriptions)]
-    corpus = sentences + descriptions
+    # The corpus also speaks about scenes in words: a few key words for a scene (in the place the
+    # image tokens take later), then a caption of it, or a question about it and the answer. A
+    # pretrained LLM can already describe and answer from what its context says; stage 1 then only
+    # has to make the image tokens say it (align them with these words) and stage 2 to ask.
+    descriptions, scene_questions = [], []
+    for _ in range(num_text_descriptions):
+        objects = random_scene(rng, max_objects)
+        descriptions.append(f"{scene_words(objects)}. {caption(objects)}")
+    for _ in range(num_text_scene_questions):
+        objects = random_scene(rng, max_objects)
+        qa = rng.choice(questions(objects, rng, max_objects))
+        scene_questions.append(f"{scene_words(objects)}. {qa['question']} {qa['answer']}.")
+    corpus = sentences + descriptions + scene_questions
     rng.shuffle(corpus)
     _write_json(paths["text_train"], [
         {"id": f"text-{i}", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": sentence}]}

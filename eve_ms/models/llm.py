@@ -69,9 +69,9 @@ class RMSNorm(nn.Cell):
 class Embedding(nn.Cell):
     """Token embedding whose table is named `weight`, as in Hugging Face (nn.Embedding calls it otherwise)."""
 
-    def __init__(self, vocab_size: int, hidden_size: int):
+    def __init__(self, vocab_size: int, hidden_size: int, init_std: float = 0.02):
         super().__init__()
-        self.weight = Parameter(initializer(Normal(0.02), (vocab_size, hidden_size), ms.float32), name="weight")
+        self.weight = Parameter(initializer(Normal(init_std), (vocab_size, hidden_size), ms.float32), name="weight")
 
     def construct(self, input_ids):
         return ops.gather(self.weight, input_ids, 0)
@@ -316,7 +316,7 @@ class Decoder(nn.Cell):
 
     def __init__(self, config: LLMConfig, evf_config: EVFConfig | None = None):
         super().__init__()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.embedding_init_std)
         self.layers = nn.CellList([DecoderLayer(config, i, evf_config) for i in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         cos, sin = rope_tables(config)
