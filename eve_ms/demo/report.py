@@ -38,12 +38,14 @@ def rows(summary: dict) -> list[list[str]]:
         language = result.get("language", {})
         routing = vqa.get("routing", {}).get("layers", [])
         success = " ".join(f"{layer['success_rate']:.2f}" for layer in routing) or "-"
-        out.append([LABELS.get(name, name), _fmt(vqa.get("accuracy")), _fmt(language.get("accuracy")),
-                    _fmt(language.get("loss")), success])
+        by_type = " ".join(f"{t} {a:.2f}" for t, a in vqa.get("by_type", {}).items()) or "-"
+        out.append([LABELS.get(name, name), _fmt(vqa.get("accuracy")), _fmt(summary["vqa_chance"]) if vqa else "-",
+                    _fmt(language.get("accuracy")), _fmt(language.get("loss")), success, by_type])
     return out
 
 
-HEADER = ["run", "VQA acc", "language acc", "language loss", "token success rate per EVF layer"]
+HEADER = ["run", "VQA acc", "VQA chance", "language acc", "language loss", "token success rate per EVF layer",
+          "VQA acc by question type"]
 
 
 def table(summary: dict) -> str:
