@@ -43,13 +43,15 @@ class DemoPlan:
     # stages 2 and 3, but a text-only batch is a second graph to compile (about 11 s per stage),
     # which the quick plan cannot afford.
     text_only_fraction: float = 0.1
+    # Objects per scene, 1..max_objects; count questions need more than one.
+    max_objects: int = 1
 
 
 PLANS = {
     "full": DemoPlan(caption_images=2000, instruct_images=8000, eval_images=80,
                      steps={"stage0": 400, "stage1": 200, "stage2": 400, "stage3": 200},
                      learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 3e-3, "stage3": 1e-3},
-                     ablations=True),
+                     ablations=True, max_objects=2),
     "quick": DemoPlan(caption_images=600, instruct_images=3000, eval_images=40,
                       steps={"stage0": 300, "stage1": 100, "stage2": 150, "stage3": 50},
                       learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 3e-3, "stage3": 1e-3},
@@ -157,7 +159,8 @@ def run_demo(out_dir: str, quick: bool = False, seed: int = 0, log=print) -> dic
     paths = synthetic.generate(os.path.join(out_dir, "data"), seed=seed, image_size=32,
                                num_caption=plan.caption_images, num_instruct_images=plan.instruct_images,
                                num_eval_images=plan.eval_images, num_text_descriptions=400,
-                               num_text_scene_questions=400, text_only_fraction=plan.text_only_fraction)
+                               num_text_scene_questions=400, text_only_fraction=plan.text_only_fraction,
+                               max_objects=plan.max_objects)
     evalset = evaluate.load_eval_set(paths)
 
     names = ["stage0", "stage1", "stage2", "stage3"]
