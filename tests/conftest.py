@@ -1,5 +1,8 @@
 """Test set-up: MindSpore on CPU, PyNative by default; `graph_mode` switches a test to graph mode."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown pytest's output
 # MindFormers writes its logs under ./output unless told otherwise: keep the checkout clean.
@@ -30,3 +33,17 @@ def any_mode(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def parity(monkeypatch):
+    """tools/parity.py loaded fresh, with only its built-in cases; restores PyNative (it sets the mode asked for)."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "parity.py"
+    spec = importlib.util.spec_from_file_location("eve_parity_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "CASES", [])
+    yield module
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+

@@ -287,6 +287,16 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def read_table(text: str) -> dict:
+    """(case, backend) -> PASS | FAIL | SKIP from printed output holding a `format_table` table."""
+    rows = {}
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) >= 5 and cells[4] in ("PASS", "FAIL", "SKIP"):
+            rows[(cells[0], cells[1])] = cells[4]
+    return rows
+
+
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description="Check that every backend reproduces the reference.")
     parser.add_argument("--device_target", "--device-target", default="CPU", choices=sorted(NATIVE_BACKEND))

@@ -176,7 +176,7 @@ RESNET_IMAGE_SIZE = 36
 CLIP_IMAGE_SIZE = 36  # not a multiple of the patch: the patch embedding drops the remainder, as a 'valid' conv
 
 
-def _randomise_batchnorm(model, seed: int):
+def randomise_batchnorm(model, seed: int):
     """Non-trivial running statistics and affine weights, so that using them shows in the output."""
     import torch
 
@@ -202,7 +202,7 @@ def _hf_vision_model(backbone: str, seed: int):
         return SiglipVisionModel(SiglipVisionConfig(**VIT)).eval()
     if backbone == "clip":
         return CLIPVisionModel(CLIPVisionConfig(**{**VIT, "image_size": CLIP_IMAGE_SIZE})).eval()
-    return _randomise_batchnorm(ResNetModel(ResNetConfig(**RESNET)), seed).eval()
+    return randomise_batchnorm(ResNetModel(ResNetConfig(**RESNET)), seed).eval()
 
 
 def _vision(backbone: str, select_layer: int):

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from eve_ms.convert.hf_vision import load_encoder_weights, load_hf_vision, vision_config_from_hf
+from eve_ms.convert.parity_cases import randomise_batchnorm
 from eve_ms.convert.weights import CheckpointError
 from eve_ms.models.vision import build_vision_encoder
 
@@ -31,20 +32,6 @@ VIT = dict(
 TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
 RESNET = dict(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2])
 ATOL = 1e-4
-
-
-def randomise_batchnorm(model):
-    """Non-trivial running statistics and affine weights, so that using them is visible in the output."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=gen) - 0.5)
-    return model
 
 
 def save(model, path):
@@ -63,12 +50,12 @@ def hf_dirs(tmp_path_factory):
         "clip_vision": CLIPVisionModel(CLIPVisionConfig(**VIT)),
         "siglip_full": SiglipModel(SiglipConfig(vision_config=dict(VIT), text_config=dict(TEXT))),
         "clip_full": CLIPModel(CLIPConfig(vision_config=dict(VIT), text_config=dict(TEXT), projection_dim=8)),
-        "resnet": randomise_batchnorm(ResNetModel(ResNetConfig(**RESNET))),
+        "resnet": randomise_batchnorm(ResNetModel(ResNetConfig(**RESNET)), seed=1),
         "resnet_classifier": randomise_batchnorm(ResNetForImageClassification(ResNetConfig(
             **RESNET, num_labels=3, layer_type="basic", downsample_in_first_stage=True,
-        ))),
+        )), seed=1),
         "resnet_bottleneck_stride": randomise_batchnorm(
-            ResNetModel(ResNetConfig(**RESNET, downsample_in_bottleneck=True))
+            ResNetModel(ResNetConfig(**RESNET, downsample_in_bottleneck=True)), seed=1
         ),
     }
     return {name: (save(model, root / name), model) for name, model in models.items()}

@@ -1,7 +1,6 @@
 """Model-cell parity cases: `tools/parity.py` runs them on CPU, every eve-ms cell matches its PyTorch /
 Hugging Face reference within 1e-4, and a corrupted weight turns a case into a failure."""
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,7 +8,6 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-import pytest
 
 from eve_ms.convert.parity_cases import FP32_TOLERANCE, parity_cases
 
@@ -17,24 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_CASES = "^(llama|vision|adapter|evf)/"
 
 
-@pytest.fixture
-def parity(monkeypatch):
-    spec = importlib.util.spec_from_file_location("eve_parity_tool_models", REPO / "tools" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "CASES", [])
-    yield module
-    ms.set_context(mode=ms.PYNATIVE_MODE)  # the harness sets the mode it is asked for
-
-
-def _status_by_case(output):
-    rows = {}
-    for line in output.splitlines():
-        cells = line.split()
-        if len(cells) >= 5 and cells[4] in ("PASS", "FAIL", "SKIP"):
-            rows[cells[0]] = cells[4]
-    return rows
+def _status_by_case(parity, output):
+    return {case: status for (case, _backend), status in parity.read_table(output).items()}
 
 
 def test_every_model_cell_matches_its_reference_on_cpu(parity, capsys, tmp_path):
@@ -45,7 +27,7 @@ def test_every_model_cell_matches_its_reference_on_cpu(parity, capsys, tmp_path)
     names = [case.name for case in parity_cases()]
     assert {"llama/gqa-untied", "llama/tied-mha-bias", "vision/siglip", "vision/clip", "vision/resnet",
             "adapter/ldp", "adapter/ldpv2", "adapter/mlp2x_gelu", "evf/language-only"} <= set(names)
-    statuses = _status_by_case(output)
+    statuses = _status_by_case(parity, output)
     assert {name: statuses.get(name) for name in names} == {name: "PASS" for name in names}
     rows = json.loads(out_json.read_text())["rows"]
     model_rows = [r for r in rows if r["case"] in names]
@@ -59,7 +41,7 @@ def test_graph_mode_cache_decoding_and_evf_routing_match_their_references(parity
                           "^(llama/kv-cache-decode|evf/multimodal-no-drop)$"])
     output = capsys.readouterr().out
     assert status == 0, output
-    assert _status_by_case(output) == {"llama/kv-cache-decode": "PASS", "evf/multimodal-no-drop": "PASS"}
+    assert _status_by_case(parity, output) == {"llama/kv-cache-decode": "PASS", "evf/multimodal-no-drop": "PASS"}
 
 
 def _nudge_matrix(which):
@@ -82,7 +64,7 @@ def test_a_corrupted_weight_makes_the_case_fail(parity, capsys):
     status = parity.main(["--device_target", "CPU", "--cases", "^tampered/"])
     output = capsys.readouterr().out
     assert status == 1
-    assert _status_by_case(output) == {
+    assert _status_by_case(parity, output) == {
         "tampered/llama/gqa-untied": "FAIL", "tampered/vision/resnet": "FAIL",
         "tampered/adapter/ldp": "FAIL", "tampered/evf/language-only": "FAIL",
     }
@@ -93,7 +75,7 @@ def test_a_missing_requirement_skips_the_case_instead_of_failing(parity, capsys)
     parity.register_case(case)
     assert parity.main(["--device_target", "CPU", "--cases", "^needs/"]) == 0
     output = capsys.readouterr().out
-    assert _status_by_case(output) == {"needs/absent": "SKIP"} and "no_such_module_for_parity" in output
+    assert _status_by_case(parity, output) == {"needs/absent": "SKIP"} and "no_such_module_for_parity" in output
 
 
 def test_listing_the_cases_imports_neither_torch_nor_transformers():

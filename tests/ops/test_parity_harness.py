@@ -1,33 +1,8 @@
 """tools/parity.py: runs the allocation suite on CPU, reports a table, and fails when a backend is wrong."""
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def parity(monkeypatch):
-    spec = importlib.util.spec_from_file_location("eve_parity_tool", REPO / "tools" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "CASES", [])  # each test starts from the built-in suite only
-    return module
-
-
-def _table_rows(output):
-    rows = {}
-    for line in output.splitlines():
-        cells = line.split()
-        if len(cells) >= 5 and cells[4] in ("PASS", "FAIL", "SKIP"):
-            rows[(cells[0], cells[1])] = cells[4]
-    return rows
 
 
 def test_cpu_suite_passes_for_the_composed_ops_and_the_cpu_kernel(parity, capsys, tmp_path):
@@ -36,7 +11,7 @@ def test_cpu_suite_passes_for_the_composed_ops_and_the_cpu_kernel(parity, capsys
     status = parity.main(["--device_target", "CPU", "--no-model-cases", "--json", str(out_json)])
     output = capsys.readouterr().out
     assert status == 0, output
-    rows = _table_rows(output)
+    rows = parity.read_table(output)
     suite = [case.name for case in parity._allocation_suite()]
     assert len(suite) >= 15 and {"img_gbpr/T1000-ties", "gbpr/T32-all-padding", "img_gbpr/T512-cap-below-demand",
                                   "img_gbpr/T512-cap-above-demand", "img_gbpr/T4096-mixed"} <= set(suite)
@@ -61,7 +36,7 @@ def test_a_wrong_backend_makes_the_harness_fail(parity, capsys):
                           "--no-model-cases"])
     output = capsys.readouterr().out
     assert status == 1
-    rows = _table_rows(output)
+    rows = parity.read_table(output)
     assert rows[("gbpr/T64", "off_by_one")] == "FAIL" and rows[("gbpr/T64", "composed")] == "PASS"
     assert "slot: 1 differ" in output
 
@@ -95,7 +70,7 @@ def test_model_cases_plug_in_and_are_skipped_without_their_requirements(parity, 
     status = parity.main(["--device_target", "CPU", "--cases", "^cells/"])
     output = capsys.readouterr().out
     assert status == 0
-    rows = _table_rows(output)
+    rows = parity.read_table(output)
     assert rows[("cells/needs-missing-package", "-")] == "SKIP" and "no_such_package_for_parity not installed" in output
     assert rows[("cells/within-tolerance", "eve_ms-vs-torch")] == "PASS"
 
