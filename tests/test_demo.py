@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 from eve_ms.demo import pipeline, report, synthetic
 
@@ -78,3 +79,34 @@ def test_table_printed_with_every_run(quick_run):
     assert printed in log
     for name in summary["results"]:
         assert report.LABELS[name] in printed
+
+
+def _stage0_dir(tmp_path, paths):
+    """What stage 0 leaves for `longest_samples`: the tiny model config and a tokenizer trained on the data."""
+    from eve_ms.config import load_eve_config, save_eve_config
+    from eve_ms.data.tokenizer import conversation_texts, train_bpe_tokenizer
+
+    stage0 = tmp_path / "stage0"
+    stage0.mkdir()
+    base = os.path.join(pipeline.REPO_CONFIGS, "base.yaml")
+    model_config = yaml.safe_load(open(base, encoding="utf-8"))["model"]["model_config"]
+    model_config.pop("type", None)
+    config_path = tmp_path / "tiny_model.yaml"
+    config_path.write_text(yaml.safe_dump(model_config))
+    save_eve_config(load_eve_config(str(config_path)), str(stage0 / "model_config.yaml"))
+    texts = sum((conversation_texts(paths[k]) for k in ("text_train", "captions", "instruct")), [])
+    train_bpe_tokenizer(texts, 512, save_dir=str(stage0 / "tokenizer"))
+    return str(stage0)
+
+
+def test_longest_samples_measures_every_data_set_and_guards_stage0s_bound(tmp_path):
+    paths = synthetic.generate(str(tmp_path / "data"), seed=3, image_size=32, max_objects=2, num_caption=20,
+                               num_instruct_images=30, num_eval_images=2, num_text_descriptions=20,
+                               num_text_scene_questions=20)
+    stage0 = _stage0_dir(tmp_path, paths)
+    longest = pipeline.longest_samples(paths, stage0, text_max_length=256)
+    assert set(longest) == {"text_train", "captions", "instruct"}
+    # captions are the image tokens and a sentence; instruct samples also carry the v1 system prompt
+    assert 4 < longest["captions"] < longest["instruct"]
+    with pytest.raises(RuntimeError, match="text_train.json: a sample of .* tokens was truncated"):
+        pipeline.longest_samples(paths, stage0, text_max_length=longest["text_train"] - 1)

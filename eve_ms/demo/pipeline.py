@@ -45,15 +45,18 @@ class DemoPlan:
     text_only_fraction: float = 0.1
     # Objects per scene, 1..max_objects; count questions need more than one.
     max_objects: int = 1
+    # Stage 0's sequence length: it runs before its tokenizer exists, so this is a bound that
+    # `longest_samples` checks afterwards (stages 1-3 use the measured lengths).
+    text_max_length: int = 24
 
 
 PLANS = {
     "full": DemoPlan(caption_images=2000, instruct_images=8000, eval_images=80,
                      steps={"stage0": 400, "stage1": 200, "stage2": 400, "stage3": 200},
                      learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 3e-3, "stage3": 1e-3},
-                     ablations=True, max_objects=2),
+                     ablations=True, max_objects=2, text_max_length=32),
     "quick": DemoPlan(caption_images=600, instruct_images=3000, eval_images=40,
-                      steps={"stage0": 300, "stage1": 100, "stage2": 150, "stage3": 50},
+                      steps={"stage0": 250, "stage1": 100, "stage2": 130, "stage3": 50},
                       learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 3e-3, "stage3": 1e-3},
                       ablations=False, text_only_fraction=0.0),
 }
@@ -68,13 +71,37 @@ RUNS = {
     "stage3_gbpr": ("stage3.yaml", "stage2", "instruct"),
     "stage3_moe": ("stage3_moe.yaml", "stage2", "instruct"),
 }
-# Longest sample of each demo data set (BOS, template, image tokens, question, answer, EOS) fits:
-# padding to the tiny yamls' generic 192 would make every step several times slower.
-MAX_LENGTH = {"text_train": 24, "captions": 20, "instruct": 56}
+# Sequence lengths fit the demo data: padding to the tiny yamls' generic 192 would make every step
+# several times slower (see DemoPlan.text_max_length and longest_samples).
+TEMPLATES = {"text_train": "plain", "captions": "plain", "instruct": "v1"}
 STRATEGY = {"stage3": "img_gbpr", "stage3_random": "random", "stage3_gbpr": "gbpr", "stage3_moe": "gbpr"}
 
 
-def write_run_yaml(name: str, out_dir: str, paths: dict, plan: DemoPlan, tokenizer_dir: str | None) -> str:
+def longest_samples(paths: dict, stage0_dir: str, text_max_length: int) -> dict:
+    """Data key -> token length of its longest sample, by the checks of `eve-ms data check`."""
+    from eve_ms.checkpoint_dir import read_eve_config
+    from eve_ms.data import ImageProcessor, get_template, load_tokenizer
+    from eve_ms.data.check import check_dataset
+    from eve_ms.data.samples import SampleEncoder
+
+    config = read_eve_config(stage0_dir)
+    tokenizer = load_tokenizer(os.path.join(stage0_dir, "tokenizer"))
+    longest = {}
+    for key, template in TEMPLATES.items():
+        encoder = SampleEncoder(get_template(template), tokenizer, config.num_image_tokens, 1 << 20,
+                                ImageProcessor.from_vision_config(config.vision), paths["image_folder"])
+        result = check_dataset(paths[key], encoder, decode_images=False, keep_details=False)
+        if not result.ok:
+            raise RuntimeError(f"demo data set {paths[key]} has problems:\n{result.format()}")
+        longest[key] = max(result.lengths)
+    if longest["text_train"] > text_max_length:
+        raise RuntimeError(f"{paths['text_train']}: a sample of {longest['text_train']} tokens was truncated to "
+                           f"stage 0's max_length {text_max_length}; raise DemoPlan.text_max_length")
+    return longest
+
+
+def write_run_yaml(name: str, out_dir: str, paths: dict, plan: DemoPlan, tokenizer_dir: str | None,
+                   max_length: int) -> str:
     """A run yaml inheriting the tiny stage yaml; returns its path."""
     base, init, data_key = RUNS[name]
     steps_key = "stage3" if name.startswith("stage3") else name
@@ -87,7 +114,7 @@ def write_run_yaml(name: str, out_dir: str, paths: dict, plan: DemoPlan, tokeniz
         "checkpoint": {"save_checkpoint_steps": 10_000},  # the demo keeps only each stage's final weights
         "logging": {"progress_bar": True, "plot_at_end": False},
         "data": {"data_path": paths[data_key], "image_folder": paths["image_folder"],
-                 "tokenizer_path": tokenizer_dir or "", "max_length": MAX_LENGTH[data_key]},
+                 "tokenizer_path": tokenizer_dir or "", "max_length": max_length},
     }
     if name == "stage0":
         run["task_options"] = {"tokenizer_vocab_size": 512,
@@ -167,10 +194,15 @@ def run_demo(out_dir: str, quick: bool = False, seed: int = 0, log=print) -> dic
     if plan.ablations:
         names += ["stage3_random", "stage3_gbpr", "stage3_moe"]
     timings, results = {}, {}
+    lengths = {"text_train": plan.text_max_length}
     for name in names:
         tokenizer_dir = None if name == "stage0" else os.path.join(out_dir, "stage0", "tokenizer")
-        timings[name] = train_run(name, write_run_yaml(name, out_dir, paths, plan, tokenizer_dir), log)
+        config_path = write_run_yaml(name, out_dir, paths, plan, tokenizer_dir, lengths[RUNS[name][2]])
+        timings[name] = train_run(name, config_path, log)
         results[name] = evaluate_run(name, out_dir, paths, evalset, log)
+        if name == "stage0":
+            lengths = longest_samples(paths, os.path.join(out_dir, "stage0"), plan.text_max_length)
+            log(f"   longest samples (tokens): {lengths}")
 
     summary = {
         "mode": "quick" if quick else "full",
