@@ -23,8 +23,9 @@ Unknown keys are errors naming the key and the file.
       stop_step: 0                # > 0: stop after this step (the lr schedule still spans the run)
     parallel_config:
       data_parallel: null         # null: the launcher's world size; else must equal it
-    optimizer:                    # mindformers.core.optim.AdamW
+    optimizer:                    # AdamW (PyTorch's), see eve_ms.training.optim
       type: AdamW
+      fused: true                 # MindSpore's fused AdamWeightDecay kernel; false: mindformers.core.optim.AdamW
       betas: [0.9, 0.95]
       eps: 1.0e-8
       weight_decay: 0.0
@@ -114,6 +115,7 @@ class OptimizerConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    fused: bool = True
 
 
 @dataclass
@@ -216,7 +218,7 @@ class TrainConfig:
         opt = self.optimizer
         if opt.type != "AdamW":
             raise ConfigError(
-                f"optimizer.type must be AdamW (mindformers.core.optim.AdamW), got {opt.type!r} in {where}"
+                f"optimizer.type must be AdamW, got {opt.type!r} in {where}"
             )
         if len(opt.betas) != 2 or not all(0.0 < float(b) < 1.0 for b in opt.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in (0, 1), got {opt.betas!r} in {where}")

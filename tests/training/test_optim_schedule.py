@@ -28,11 +28,12 @@ def test_lr_schedule_is_cosine_with_linear_warmup(total, ratio, lr_end):
         assert lr_at(schedule, step) == pytest.approx(expected, rel=1e-5, abs=1e-9), step
 
 
-def test_adamw_update_matches_the_adamw_formula():
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_update_matches_the_adamw_formula(fused):
     rng = np.random.default_rng(0)
     start = rng.normal(size=5).astype(np.float32)
     param = Parameter(ms.Tensor(start), name="w")
-    config = OptimizerConfig(betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1)
+    config = OptimizerConfig(betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, fused=fused)
     opt = build_optimizer([param], config, learning_rate=0.01)
     p, m, v = start.astype(np.float64), np.zeros(5), np.zeros(5)
     for t in range(1, 5):
@@ -45,14 +46,58 @@ def test_adamw_update_matches_the_adamw_formula():
     np.testing.assert_allclose(param.asnumpy(), p, atol=1e-6)
 
 
-def test_only_trainable_parameters_get_optimizer_state():
+def test_fused_adamw_equals_torch_adamw_under_a_schedule_in_graph_mode():
+    """Several tensors, a warm-up + cosine schedule, eps that matters (tiny gradients), weight decay:
+    the fused kernel's folded bias correction against torch.optim.AdamW step by step."""
+    torch = pytest.importorskip("torch")
+
+    rng = np.random.default_rng(1)
+    shapes = [(7, 3), (4,), (2, 5, 3)]
+    starts = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    params = [Parameter(ms.Tensor(x), name=f"p{i}") for i, x in enumerate(starts)]
+    total = 12
+    schedule = build_lr_schedule(LRScheduleConfig(learning_rate=0.05, warmup_ratio=0.25), total)
+    opt = build_optimizer(params, OptimizerConfig(betas=[0.8, 0.9], eps=1e-3, weight_decay=0.2), schedule)
+
+    class Step(nn.Cell):
+        def __init__(self, optimizer):
+            super().__init__()
+            self.optimizer = optimizer
+
+        def construct(self, *grads):
+            return self.optimizer(grads)
+
+    step = Step(opt)
+    reference = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in starts]
+    torch_opt = torch.optim.AdamW(reference, lr=1.0, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.2)
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        for k in range(total):
+            grads = [rng.normal(size=s) * (1e-3 if k % 3 == 0 else 1.0) for s in shapes]
+            for group in torch_opt.param_groups:
+                group["lr"] = cosine_with_warmup(k, 0.05, total, 0.25)
+            for p, g in zip(reference, grads):
+                p.grad = torch.tensor(g)
+            torch_opt.step()
+            step(*[ms.Tensor(g.astype(np.float32)) for g in grads])
+            for mine, theirs in zip(params, reference):
+                np.testing.assert_allclose(mine.asnumpy(), theirs.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    finally:
+        ms.set_context(mode=previous)
+    assert int(opt.global_step.asnumpy()[0]) == total
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_only_trainable_parameters_get_optimizer_state(fused):
     net = nn.SequentialCell([nn.Dense(3, 4), nn.Dense(4, 2)])
     for p in net[0].get_parameters():
         p.requires_grad = False
     trainable = net.trainable_params()
-    opt = build_optimizer(trainable, OptimizerConfig(), learning_rate=1e-3)
+    opt = build_optimizer(trainable, OptimizerConfig(fused=fused), learning_rate=1e-3)
     state = optimizer_state(opt, trainable)
     moments = sorted(n for n in state if n not in ("global_step", "learning_rate"))
     assert moments == sorted([f"adam_m.{p.name}" for p in trainable] + [f"adam_v.{p.name}" for p in trainable])
+    assert "global_step" in state
     with pytest.raises(ValueError, match="frozen"):
-        build_optimizer(net.get_parameters(), OptimizerConfig(), learning_rate=1e-3)
+        build_optimizer(net.get_parameters(), OptimizerConfig(fused=fused), learning_rate=1e-3)

@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.common import (PRESETS, Report, eve_config, fastest_torch, interleaved_times, median, paired_ratio,
                                torch_runners)
 
-SIZES = {"default": {"preset": "small", "repeats": 5, "gemm_repeats": 21},
+SIZES = {"default": {"preset": "small", "repeats": 9, "gemm_repeats": 21},
          "quick": {"preset": "tiny", "repeats": 3, "gemm_repeats": 7}}
 RAW_GEMM = (1024, 256, 688)  # m, k, n: [m, k] @ [k, n]
 
