@@ -204,7 +204,8 @@ class Attention(nn.Cell):
     Without a cache, keys and values are this call's tokens. With a cache ([B, n_kv, M, head_dim]),
     this call's keys and values are written into cache slots `write_start .. write_start + S - 1`
     (`write_start` a scalar tensor, so decoding steps share one compiled graph) and the queries
-    attend over all M slots; `allowed` decides which slots each query may see.
+    attend over all M slots; `mask_bias` (0 where a query may see a slot, the float32 minimum where
+    not) is added to the scores: an added mask needs no backward pass of its own, unlike a masked fill.
     """
 
     def __init__(self, config: LLMConfig):
@@ -230,8 +231,8 @@ class Attention(nn.Cell):
         rep = self.num_heads // n_kv
         return ops.broadcast_to(x.reshape(b, n_kv, 1, k, d), (b, n_kv, rep, k, d)).reshape(b, n_kv * rep, k, d)
 
-    def construct(self, x, cos, sin, allowed, key_cache=None, value_cache=None, write_start=None):
-        """x [B, S, H]; cos, sin [B, 1, S, D]; allowed [B, 1, S, K] bool -> (out [B, S, H], keys, values)."""
+    def construct(self, x, cos, sin, mask_bias, key_cache=None, value_cache=None, write_start=None):
+        """x [B, S, H]; cos, sin [B, 1, S, D]; mask_bias [B, 1, S, K] float32 -> (out [B, S, H], keys, values)."""
         b, s, _ = x.shape
         q = _apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
         k = _apply_rope(self._heads(self.k_proj(x), self.num_kv_heads), cos, sin)
@@ -240,8 +241,9 @@ class Attention(nn.Cell):
             k = _write_cache(key_cache, k, write_start)
             v = _write_cache(value_cache, v, write_start)
 
-        scores = ops.matmul(q, ops.transpose(self._repeat_kv(k), (0, 1, 3, 2))) * self.scale
-        scores = ops.masked_fill(scores.astype(ms.float32), ops.logical_not(allowed), _FP32_MIN)
+        # the scale on q: [S, D] per head is smaller than the [S, K] scores
+        scores = ops.matmul(q * self.scale, ops.transpose(self._repeat_kv(k), (0, 1, 3, 2)))
+        scores = scores.astype(ms.float32) + mask_bias
         probs = ops.softmax(scores, -1).astype(q.dtype)
         out = ops.matmul(probs, self._repeat_kv(v))
         out = ops.transpose(out, (0, 2, 1, 3)).reshape(b, s, self.num_heads * self.head_dim)
@@ -295,10 +297,10 @@ class DecoderLayer(nn.Cell):
                 config.hidden_size, config.hidden_size, weight_init="zeros", has_bias=False
             )
 
-    def construct(self, x, cos, sin, allowed, is_image, valid, noise,
+    def construct(self, x, cos, sin, mask_bias, is_image, valid, noise,
                   key_cache=None, value_cache=None, write_start=None):
         """-> (out, keys, values, aux_loss, routing_stats); the last two are None for a dense FFN."""
-        attn_out, k, v = self.self_attn(self.input_layernorm(x), cos, sin, allowed, key_cache, value_cache, write_start)
+        attn_out, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask_bias, key_cache, value_cache, write_start)
         h = x + attn_out
         if self.has_augmented_shortcut:
             h = h + self.augmented_shortcut(x)
@@ -323,7 +325,7 @@ class Decoder(nn.Cell):
         self.rope_cos, self.rope_sin = Tensor(cos), Tensor(sin)
         self.evf_layer_indices = [i for i, layer in enumerate(self.layers) if layer.is_evf]
 
-    def construct(self, x, position_ids, allowed, is_image, valid, routing_noise,
+    def construct(self, x, position_ids, mask_bias, is_image, valid, routing_noise,
                   key_cache=None, value_cache=None, write_start=None):
         """x [B, S, H] -> (hidden [B, S, H], key caches, value caches, aux_loss, routing_stats).
 
@@ -346,10 +348,10 @@ class Decoder(nn.Cell):
                 noise = noises[evf_index]
                 evf_index += 1
             if key_cache is None:
-                x, k, v, aux, stat = layer(x, cos, sin, allowed, is_image, valid, noise)
+                x, k, v, aux, stat = layer(x, cos, sin, mask_bias, is_image, valid, noise)
             else:
                 x, k, v, aux, stat = layer(
-                    x, cos, sin, allowed, is_image, valid, noise, key_layers[i], value_layers[i], write_start
+                    x, cos, sin, mask_bias, is_image, valid, noise, key_layers[i], value_layers[i], write_start
                 )
             if key_cache is not None:
                 keys.append(k)
@@ -389,6 +391,14 @@ def causal_lm_loss(logits, labels, ignore_index: int = IGNORE_INDEX):
     picked = ops.gather_elements(log_probs, 1, safe_targets.reshape(-1, 1)).reshape(-1)
     mask = counted.astype(ms.float32)
     return -(picked * mask).sum(), mask.sum()
+
+
+def _mask_bias(allowed):
+    """allowed [B, 1, S, K] bool -> float32 0 where allowed, the float32 minimum where not.
+
+    Finite, so a query that may see nothing (a padding row) gets uniform weights, not NaN; a score
+    plus the minimum rounds to the minimum, so masked slots get weight exactly 0."""
+    return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), _FP32_MIN, dtype=ms.float32))
 
 
 def _positions_from_mask(mask):
@@ -475,7 +485,7 @@ class LLM(nn.Cell):
         allowed = ops.logical_and(causal.reshape(1, 1, s, s), mask.astype(ms.bool_).reshape(b, 1, 1, s))
         valid, is_image, routing_noise = self._routing_inputs(mask, is_image, routing_noise, b, s)
         hidden, _, _, aux_loss, routing_stats = self.model(
-            inputs_embeds, position_ids.astype(ms.int32), allowed, is_image, valid, routing_noise
+            inputs_embeds, position_ids.astype(ms.int32), _mask_bias(allowed), is_image, valid, routing_noise
         )
         logits = self._logits(hidden)
         if labels is None:
@@ -520,7 +530,8 @@ class LLM(nn.Cell):
             ops.gather(mask, new_slots, 1), is_image, routing_noise, b, s
         )
         hidden, key_cache, value_cache, _, _ = self.model(
-            inputs_embeds, position_ids, allowed, is_image, valid, routing_noise, key_cache, value_cache, start
+            inputs_embeds, position_ids, _mask_bias(allowed), is_image, valid, routing_noise, key_cache, value_cache,
+            start
         )
         return self._logits(hidden), key_cache, value_cache
 
