@@ -4,6 +4,7 @@ import math
 import mindspore as ms
 import numpy as np
 import pytest
+import torch
 from mindspore import Parameter, nn
 
 from eve_ms.training.config import LRScheduleConfig, OptimizerConfig
@@ -49,8 +50,6 @@ def test_adamw_update_matches_the_adamw_formula(fused):
 def test_fused_adamw_equals_torch_adamw_under_a_schedule_in_graph_mode():
     """Several tensors, a warm-up + cosine schedule, eps that matters (tiny gradients), weight decay:
     the fused kernel's folded bias correction against torch.optim.AdamW step by step."""
-    torch = pytest.importorskip("torch")
-
     rng = np.random.default_rng(1)
     shapes = [(7, 3), (4,), (2, 5, 3)]
     starts = [rng.normal(size=s).astype(np.float32) for s in shapes]
