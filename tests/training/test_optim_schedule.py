@@ -1,4 +1,4 @@
-"""The MindFormers cosine-with-warmup schedule and AdamW (fused and MindFormers'), against numpy formulas and torch.optim.AdamW."""
+"""The MindFormers cosine-with-warmup schedule and both AdamW forms, against numpy formulas and torch.optim.AdamW."""
 import math
 
 import mindspore as ms
