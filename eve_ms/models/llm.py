@@ -300,7 +300,9 @@ class DecoderLayer(nn.Cell):
     def construct(self, x, cos, sin, mask_bias, is_image, valid, noise,
                   key_cache=None, value_cache=None, write_start=None):
         """-> (out, keys, values, aux_loss, routing_stats); the last two are None for a dense FFN."""
-        attn_out, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask_bias, key_cache, value_cache, write_start)
+        attn_out, k, v = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask_bias, key_cache, value_cache, write_start
+        )
         h = x + attn_out
         if self.has_augmented_shortcut:
             h = h + self.augmented_shortcut(x)
