@@ -100,3 +100,15 @@ def test_only_trainable_parameters_get_optimizer_state(fused):
     assert "global_step" in state
     with pytest.raises(ValueError, match="frozen"):
         build_optimizer(net.get_parameters(), OptimizerConfig(fused=fused), learning_rate=1e-3)
+
+
+def test_fused_and_mindformers_adamw_keep_the_same_state():
+    """What checkpoints save is the same for both forms, so a run can resume with the other one."""
+    net = nn.SequentialCell([nn.Dense(3, 4), nn.Dense(4, 2)])
+    params = net.trainable_params()
+    schedule = build_lr_schedule(LRScheduleConfig(learning_rate=1e-3), 10)
+    states = [optimizer_state(build_optimizer(params, OptimizerConfig(fused=fused), schedule), params)
+              for fused in (True, False)]
+    assert sorted(states[0]) == sorted(states[1])
+    for name, value in states[0].items():
+        assert value.shape == states[1][name].shape and value.dtype == states[1][name].dtype, name
