@@ -18,6 +18,12 @@ Semantics, in full:
   which accepts offers by S[x, other] (ties to the lower index) into its remaining
   slots, continuing its slot numbering. Everything else overflowed is dropped.
 - padding (valid = False) never competes, never counts: expert = slot = -1.
+- non-finite router probabilities (a NaN or inf in either entry of a valid token's row):
+  the token is dropped (expert = slot = -1, counted in `dropped`); it takes no slot, is
+  never offered for redistribution and leaves every other token's allocation as if it
+  were padding. Its FFN output is zero like any dropped token's. Nothing is silently
+  routed: in training the aux loss averages P over valid tokens, so the loss becomes
+  non-finite and the trainer's NaN detection reports the step.
 """
 from __future__ import annotations
 
@@ -64,8 +70,6 @@ def _check_inputs(probs, is_image, valid, noise, strategy, capacity_factor, min_
     for name, arr in (("is_image", is_image), ("valid", valid), ("noise", noise)):
         if arr.shape != (num_tokens,):
             raise ValueError(f"{name} must have shape [{num_tokens}] to match probs, got {arr.shape}")
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("probs contains NaN or inf")
     if capacity_factor <= 0:
         raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
     if not 0.0 <= redistribute_ratio <= 1.0:
@@ -103,7 +107,9 @@ def allocate_reference(
 
     num_tokens = probs.shape[0]
     capacity = compute_capacity(num_tokens, capacity_factor, min_capacity)
-    scores = preference_scores(probs, is_image, strategy, beta)
+    competing = valid & np.all(np.isfinite(probs), axis=1)  # non-finite rows are dropped, see the module doc
+    with np.errstate(invalid="ignore"):
+        scores = preference_scores(probs, is_image, strategy, beta)
     preferred = np.argmax(scores, axis=1)  # ties -> expert 0
     if strategy == "random":
         priority = noise
@@ -114,7 +120,7 @@ def allocate_reference(
     slot = np.full(num_tokens, -1, np.int32)
     overflow = np.zeros(num_tokens, bool)
     for e in range(NUM_EXPERTS):
-        order = _order(priority, valid & (preferred == e))
+        order = _order(priority, competing & (preferred == e))
         kept, rest = order[:capacity], order[capacity:]
         expert[kept] = e
         slot[kept] = np.arange(len(kept), dtype=np.int32)

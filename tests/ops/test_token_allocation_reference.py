@@ -94,3 +94,24 @@ def test_aux_loss_formula_by_hand():
     valid = np.array([1, 1, 1, 0], bool)
     # F = (1/3, 2/3); G = (mean(0.2, 0.4, 0.9), mean(0.8, 0.6, 0.1)) = (0.5, 0.5)
     assert aux_loss_reference(probs, expert, valid) == pytest.approx(1 / 3 * 0.5 + 2 / 3 * 0.5, abs=1e-7)
+
+
+@pytest.mark.parametrize("strategy", ["random", "gbpr", "img_gbpr"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_row_is_dropped_and_the_rest_allocate_as_if_it_were_padding(strategy, bad):
+    rng = np.random.default_rng(3)
+    probs = _probs(rng.random(12))
+    is_image = rng.random(12) < 0.5
+    noise = rng.random(12).astype(np.float32)
+    valid = np.ones(12, bool)
+    poisoned = probs.copy()
+    poisoned[[2, 7], 1] = bad
+    kwargs = dict(strategy=strategy, capacity_factor=1.0, min_capacity=0)
+    out = allocate_reference(poisoned, is_image, valid, noise, **kwargs)
+    as_padding = valid.copy()
+    as_padding[[2, 7]] = False
+    expected = allocate_reference(probs, is_image, as_padding, noise, **kwargs)
+    np.testing.assert_array_equal(out["expert"], expected["expert"])
+    np.testing.assert_array_equal(out["slot"], expected["slot"])
+    assert out["expert"][2] == out["expert"][7] == -1
+    assert out["dropped"] == expected["dropped"] + 2  # counted as dropped, unlike padding

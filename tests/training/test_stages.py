@@ -264,8 +264,12 @@ def test_stage3_on_two_workers_matches_one_worker_and_only_rank0_writes(chain, t
     assert [r["target_tokens"] for r in double] == [r["target_tokens"] for r in single]
     np.testing.assert_allclose([r["loss"] for r in double], [r["loss"] for r in single], rtol=0, atol=1e-4)
     np.testing.assert_allclose([r["aux_loss"] for r in double], [r["aux_loss"] for r in single], rtol=0, atol=1e-6)
-    # routing noise follows the sample position, so routing is the same under either split
-    assert [r["token_success_rate"] for r in double] == pytest.approx([r["token_success_rate"] for r in single])
+    # routing noise follows the sample position, so routing is the same under either split: per step and per EVF
+    # layer the rates are ratios of the same integer counts, equal up to float rounding of the all-reduced sums
+    for step, (two, one) in enumerate(zip(double, single)):
+        assert two["token_success_rate"].keys() == one["token_success_rate"].keys(), step
+        for layer, rate in one["token_success_rate"].items():
+            assert two["token_success_rate"][layer] == pytest.approx(rate, rel=0, abs=1e-6), (step, layer)
 
     written = sorted(set(os.listdir(out)) - {"mindformers_log"})  # MindFormers' own log, where LOG_MF_PATH says
     assert written == ["checkpoints", "config.yaml", "model.safetensors", "model_config.yaml", "tokenizer",
