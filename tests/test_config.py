@@ -99,3 +99,13 @@ def test_paper_configuration_lands_near_the_papers_activated_size():
 
 def test_configs_are_plain_dataclasses():
     assert all(dataclasses.is_dataclass(c) for c in (VisionConfig, AdapterConfig, LLMConfig, EVFConfig, EveConfig))
+
+
+def test_a_model_config_written_before_eval_capacity_factor_loads_with_the_default(tmp_path):
+    saved = tmp_path / "model_config.yaml"
+    save_eve_config(EveConfig(evf=EVFConfig(enabled=True, capacity_factor=1.25)), saved)
+    assert "eval_capacity_factor: 2.0" in saved.read_text()
+    old = tmp_path / "old_model_config.yaml"
+    old.write_text("".join(line for line in saved.read_text().splitlines(True) if "eval_capacity_factor" not in line))
+    config = load_eve_config(old)
+    assert config.evf.eval_capacity_factor == 2.0 and config.evf.capacity_factor == 1.25
