@@ -23,8 +23,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        # torch is a reference implementation for parity tests and benchmarks only.
-        "test": ["pytest", "hypothesis", "torch==2.13.0"],
+        # torch is a reference implementation for parity tests and benchmarks only. Test tools are pinned exactly
+        # (and everything else in constraints.txt) so a new release cannot turn CI red.
+        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["eve-ms=eve_ms.cli:main"]},
 )
