@@ -99,3 +99,21 @@ def test_paper_configuration_lands_near_the_papers_activated_size():
 
 def test_configs_are_plain_dataclasses():
     assert all(dataclasses.is_dataclass(c) for c in (VisionConfig, AdapterConfig, LLMConfig, EVFConfig, EveConfig))
+
+
+def test_removed_input_side_shortcut_key_loads_when_empty_and_otherwise_says_what_to_use(tmp_path):
+    old = load_eve_config(_write(tmp_path, {"llm": {"augmented_shortcut_layers": []}}, "old.yaml"))
+    assert old.llm == LLMConfig()
+    path = _write(tmp_path, {"llm": {"augmented_shortcut_layers": [3]}}, "used.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_eve_config(path)
+    message = str(err.value)
+    assert "'augmented_shortcut_layers'" in message and path in message
+    assert "attn_shortcut_width" in message and "layer_split" in message
+
+
+def test_layer_layout_errors_surface_when_the_yaml_loads(tmp_path):
+    path = _write(tmp_path, {"llm": {"num_layers": 5, "ffn_below_split": "series"}})
+    with pytest.raises(ConfigError, match="no split for 5 layers") as err:
+        load_eve_config(path)
+    assert f"llm section of {path}" in str(err.value)
