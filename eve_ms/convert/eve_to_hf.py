@@ -114,7 +114,7 @@ def dense_llm_tensors(llm) -> tuple[LLMConfig, dict]:
     return config, tensors
 
 
-def _as_release_internlm(config: LLMConfig, tensors: dict) -> dict:
+def as_release_internlm(config: LLMConfig, tensors: dict) -> dict:
     """Llama-named tensors -> the release's: o_proj biases dropped (they must be zero), inv_freq added."""
     mismatches = release_layout_mismatches(config)
     if mismatches:
@@ -141,7 +141,7 @@ def export_hf_llm(llm, out: str, tokenizer=None) -> str:
     if config.is_uniform:
         hf_config = hf_config_from_llm(config)
     else:
-        hf_config, tensors = internlm_config_from_llm(config), _as_release_internlm(config, tensors)
+        hf_config, tensors = internlm_config_from_llm(config), as_release_internlm(config, tensors)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as fh:
         json.dump(hf_config, fh, indent=2)

@@ -248,6 +248,7 @@ def export_moe_llava_state_dict(model, tower_prefix: str = TOWER_PREFIXES[0],
 
     `timm_siglip_tower`: the tower in the release's timm layout under `model.image_tower.` (its unused
     attention-pool head is not part of the model, so it is not written)."""
+    from eve_ms.convert.eve_to_hf import as_release_internlm
     from eve_ms.convert.hf_vision import hf_name, hf_siglip_to_timm
 
     config = model.config
@@ -258,6 +259,8 @@ def export_moe_llava_state_dict(model, tower_prefix: str = TOWER_PREFIXES[0],
     table = {**llm_name_table(config.llm, layers), **projector_name_table(model, config.adapter.type, projector_prefix)}
     params = {p.name: p for p in model.get_parameters()}
     state = {source: params[eve].asnumpy() for source, eve in table.items()}
+    if not config.llm.is_uniform:  # PanGu-pi Pro: the release's InternLM tensors (no o_proj bias, inv_freq)
+        state = as_release_internlm(config.llm, state)
     tower = {hf_name(name, "vision_model."): param.asnumpy()
              for name, param in model.vision_tower.parameters_and_names()}
     if timm_siglip_tower:
