@@ -155,9 +155,10 @@ def test_attention_shortcut_adds_a_fast_gelu_bottleneck_of_the_attention_output(
     assert np.abs((z * _sigmoid(1.702 * z)) @ w_out.T).mean() > 0.05  # the shortcut visibly matters
 
 
-def test_chunked_prefill_and_decode_steps_equal_the_full_forward(rng):
+@pytest.mark.parametrize("layout", [{}, dict(PANGU, layer_split=1)], ids=["llama", "pangu"])
+def test_chunked_prefill_and_decode_steps_equal_the_full_forward(rng, layout):
     """Writing the cache at a nonzero cache_position (several tokens at once, then one) changes nothing."""
-    config = tiny_config(tie_word_embeddings=True)
+    config = tiny_config(tie_word_embeddings=True, **layout)
     llm = LLM(config)
     randomize(llm)
     ids = rng.integers(0, config.vocab_size, (2, 8)).astype(np.int32)
