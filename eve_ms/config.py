@@ -179,9 +179,10 @@ class LLMConfig:
     # Keys older configs may hold: key -> (value that loads as if absent, what to do instead).
     REMOVED_KEYS: ClassVar[dict] = {
         "augmented_shortcut_layers": ([], "the input-side linear shortcut was removed (no published model uses "
-                                          "it); PanGu-pi Pro's shortcut on the attention output is "
-                                          "`attn_shortcut_width` / `attn_shortcut_act` on layers from `layer_split` "
-                                          "on: rename to those, or delete the key"),
+                                          "it). PanGu-pi Pro's shortcut, on the attention output, is set by "
+                                          "`attn_shortcut_width` / `attn_shortcut_act` and applies from `layer_split` "
+                                          "on: use those keys instead (weights of the old shortcut do not carry "
+                                          "over), or delete this one"),
     }
 
     vocab_size: int = 48000
