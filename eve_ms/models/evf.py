@@ -64,11 +64,12 @@ class EVFLayer(nn.Cell):
     x's static shape, so any B*S works; a native kernel is built once per distinct B*S.
     """
 
-    def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig):
+    def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig, ffn_kind: str = "swiglu"):
         super().__init__()
         check_evf_config(evf_config)
-        self.language_ffn = FeedForward(llm_config)
-        self.vision_ffn = FeedForward(llm_config)
+        # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy
+        self.language_ffn = FeedForward(llm_config, ffn_kind)
+        self.vision_ffn = FeedForward(llm_config, ffn_kind)
         self.router = nn.Dense(llm_config.hidden_size, NUM_EXPERTS, has_bias=False,
                                weight_init=Normal(ROUTER_INIT_STD), dtype=ms.float32)
         self.mode = evf_config.mode

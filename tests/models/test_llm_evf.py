@@ -152,3 +152,28 @@ def test_stage3_freezing_trains_only_vision_ffns_and_routers(dense_llm):
     moe_names = freeze_for_stage3(evf_llm, train_language_ffn=True)
     assert len(moe_names) == 14 and any("language_ffn" in n for n in moe_names)
     assert all(isinstance(evf_llm.model.layers[i].mlp, EVFLayer) for i in (0, 2))
+
+
+def test_series_ffn_model_keeps_language_only_logits_bit_identical_and_trains_its_vision_copies():
+    """PanGu-pi Pro's layers (series FFN below the split, SwiGLU + attention shortcut above): each vision
+    expert is a copy of its layer's own FFN kind, and the language-only path is the dense model bit for bit."""
+    config = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=4, num_heads=4,
+                       num_kv_heads=2, ffn_below_split="series", attn_shortcut_width=8, layer_split=2,
+                       attention_bias=True)
+    ms.set_seed(1)
+    dense = LLM(config)
+    evf_llm = convert_dense_to_evf(dense, _evf_config(layers="all"))
+    kinds = [(evf_llm.model.layers[i].mlp.language_ffn.kind, evf_llm.model.layers[i].mlp.vision_ffn.kind)
+             for i in range(4)]
+    assert kinds == [("series", "series")] * 2 + [("swiglu", "swiglu")] * 2
+    np.testing.assert_array_equal(evf_llm.model.layers[1].mlp.vision_ffn.gate_proj2.weight.asnumpy(),
+                                  dense.model.layers[1].mlp.gate_proj2.weight.asnumpy())
+    evf_llm.set_evf_mode("language_only")
+    ids, mask, is_image, _ = _batch(seed=7)
+    noise = np.random.default_rng(8).random((4, BATCH, SEQ)).astype(np.float32)
+    logits = _forward(evf_llm, ids, mask, is_image, noise)[0].asnumpy()
+    np.testing.assert_array_equal(logits.view(np.uint32), _forward(dense, ids, mask)[0].asnumpy().view(np.uint32))
+    trainable = freeze_for_stage3(evf_llm)
+    assert {n for n in trainable if "gate_proj2" in n} == {f"model.layers.{i}.mlp.vision_ffn.gate_proj2.weight"
+                                                           for i in (0, 1)}
+    assert not any("attn_linear" in n for n in trainable)
