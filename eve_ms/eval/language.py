@@ -10,7 +10,7 @@ ppl configs (open-compass/opencompass at 5c6dc908, `configs/datasets/*/*_ppl_*.p
   the in-context examples; rows `question,A,B,C,D,answer` without a header (14,042 test questions).
 - C-Eval: the release folder: `val/<subject>_val.csv` asked (the test split has no answers;
   1,346 questions), `dev/<subject>_dev.csv` the examples; header `id,question,A,B,C,D,answer,...`.
-- CMMLU: the release folder: `test/<subject>.csv` asked (11,582), `dev/<subject>.csv` the
+- CMMLU: the release folder: `test/<subject>.csv` asked, `dev/<subject>.csv` the
   examples; header `,Question,A,B,C,D,Answer`.
 - BoolQ: SuperGLUE `BoolQ/val.jsonl` (3,270), `{"question", "passage", "label"}`; the label is a
   JSON boolean (SuperGLUE release) or "true"/"false" (OpenCompass's data package).
