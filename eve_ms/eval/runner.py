@@ -88,7 +88,10 @@ def provenance(bench: Benchmark, model: dict | None, max_new_tokens: int, shots:
     else:
         settings = {"prompt": {"chat": bench.chat}, "generation": {
             "max_new_tokens": max_new_tokens, "decoding": "greedy", "truncate": bench.truncate}}
-    return {"format": ANSWERS_FORMAT, "benchmark": bench.name, "model": dict(model or {}), **settings}
+    model = dict(model or {})
+    if not bench.chat:
+        model.pop("template", None)  # plain-text prompts: the conversation template plays no part
+    return {"format": ANSWERS_FORMAT, "benchmark": bench.name, "model": model, **settings}
 
 
 def _open_answers(path: str, header: dict, overwrite: bool) -> None:

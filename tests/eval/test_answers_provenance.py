@@ -31,7 +31,8 @@ def test_the_first_line_records_model_benchmark_and_settings(boolq, fake_choice)
     data, answers = boolq
     evaluate("boolq", data, None, fake_choice(RULES), answers, model=MODEL_A, progress=False)
     header = _lines(answers)[0]["eve_ms_answers"]
-    assert header == {"format": 1, "benchmark": "boolq", "model": MODEL_A,
+    model = {k: v for k, v in MODEL_A.items() if k != "template"}  # plain text: no conversation template
+    assert header == {"format": 1, "benchmark": "boolq", "model": model,
                       "prompt": {"template": "opencompass_ppl", "shots": 0, "scoring": "ppl"}}
     assert [r["id"] for r in _lines(answers)[1:]] == ["0", "1", "2"]
 
@@ -67,7 +68,7 @@ def test_overwrite_starts_over(boolq, fake_choice):
     again = fake_choice(RULES)
     result = evaluate("boolq", data, None, again, answers, model=MODEL_B, overwrite=True, progress=False)
     lines = _lines(answers)
-    assert lines[0]["eve_ms_answers"]["model"] == MODEL_B and len(lines) == 1 + 3
+    assert lines[0]["eve_ms_answers"]["model"]["checkpoint"] == "/ckpt/stage3-b" and len(lines) == 1 + 3
     assert len(again.calls[0][1]) == 6 and result["score"] == pytest.approx(100.0)
 
 
