@@ -20,7 +20,7 @@ Protocol settings, from the scripts that produced the paper's numbers:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from eve_ms.eval import choice, gqa, language, mmbench, mme, opencompass, pope, scienceqa, textvqa, xsum
 from eve_ms.eval.question import Question
