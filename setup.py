@@ -21,6 +21,8 @@ setup(
         "safetensors",
         "tqdm",
         "matplotlib",
+        # XSum's ROUGE: the package OpenCompass's RougeEvaluator scores with
+        "rouge-score==0.1.2",
     ],
     extras_require={
         # torch is a reference implementation for parity tests and benchmarks only. Test tools are pinned exactly
