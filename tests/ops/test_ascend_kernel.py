@@ -145,7 +145,8 @@ def test_tiling_splits_tokens_over_cores_within_the_unified_buffer(host, num_tok
     f = tiling.fields
     assert tiling.status == 0 and tiling.schedule_mode == 1  # batch mode: SyncAll needs every core started
     assert tiling.block_dim == f["blockNum"] <= HC.ATLAS_A2_AIV_CORES
-    assert f["rangeLen"] % 128 == 0 and (f["blockNum"] - 1) * f["rangeLen"] < num_tokens <= f["blockNum"] * f["rangeLen"]
+    assert f["rangeLen"] % 128 == 0
+    assert (f["blockNum"] - 1) * f["rangeLen"] < num_tokens <= f["blockNum"] * f["rangeLen"]  # no idle core
     assert f["tileLen"] <= f["rangeLen"] and f["tileLen"] % 128 == 0
     assert f["ubBytes"] <= HC.ATLAS_A2_UB_BYTES
     # user workspace: flags, two rounds of rows, two record arrays of 8 bytes a token
