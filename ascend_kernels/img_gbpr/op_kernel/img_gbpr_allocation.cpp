@@ -51,6 +51,7 @@ constexpr uint32_t kVecTokens = 128;        // vector instructions run on multip
 constexpr uint32_t kGatherRepeatFloats = 64;  // 256 bytes per vector repeat
 constexpr uint32_t kSyncWordsPerBlock = 8;  // SyncAll: 32 bytes per core
 constexpr uint32_t kOwnerShift = 40;        // owner = token * ownerMul >> 40 (exact for T < 2^24)
+constexpr uint32_t kOwnerWordsAlign = 64;   // owner exchanges send whole 256-byte repeats
 constexpr int32_t kOverflowSlot = -2;       // slot of an overflowed token until redistribution decides
 constexpr uint32_t kPositiveInf = 0x7F800000u;
 
@@ -113,9 +114,10 @@ class ImgGbprAllocationKernel {
 public:
     __aicore__ inline ImgGbprAllocationKernel() {}
 
+    // Tiling: the struct GET_TILING_DATA yields (fields of op_host/img_gbpr_allocation_tiling.h).
+    template <typename Tiling>
     __aicore__ inline void Init(GM_ADDR probs, GM_ADDR isImage, GM_ADDR valid, GM_ADDR noise, GM_ADDR expert,
-                                GM_ADDR slot, GM_ADDR counts, GM_ADDR userWorkspace,
-                                const optiling::ImgGbprAllocationTilingData &tiling, TPipe *pipe)
+                                GM_ADDR slot, GM_ADDR counts, GM_ADDR userWorkspace, const Tiling &tiling, TPipe *pipe)
     {
         numTokens_ = static_cast<uint32_t>(tiling.numTokens);
         capacity_ = static_cast<uint32_t>(tiling.capacity);
@@ -416,7 +418,7 @@ private:
     // Returns how many records this core received (in records_); groupTotal_ holds the group sizes.
     __aicore__ inline uint32_t Sort(uint32_t count)
     {
-        Exchange();
+        Exchange(kRowWords);
         validTotal_ = static_cast<uint32_t>(total_.GetValue(kExtraValid));
         groupTotal_[0] = 0;
         groupTotal_[1] = 0;
@@ -448,14 +450,14 @@ private:
                 for (uint32_t i = 0; i < count; ++i) {
                     CountRecord(records_.GetValue(2 * i), records_.GetValue(2 * i + 1), shift);
                 }
-                Exchange();
+                Exchange(kRowWords);
             }
-            GlobalOffsets(kBuckets);
             const uint32_t dst = p == 0 ? 0 : 1 - src;
             if (p + 1 < passes) {
                 Scatter(count, shift, recordsGm_[dst]);
                 src = dst;
             } else {
+                GlobalOffsets(kBuckets);
                 return Route(count, shift, recordsGm_[dst]);
             }
         }
@@ -477,34 +479,39 @@ private:
         return count;
     }
 
-    // Publishes row_, waits for every core, and leaves in total_ the sum of all rows and in before_ the
-    // sum of the rows of the cores before this one; extras: OR/AND of the keys per group.
-    __aicore__ inline void Exchange()
+    // Publishes the first `words` of row_, waits for every core, and leaves in total_ the sum of all rows
+    // and in before_ the sum of the rows of the cores before this one; with the extras (all kRowWords),
+    // the OR/AND of the keys per group. Owner exchanges send only ceil(cores / 64) * 64 words.
+    __aicore__ inline void Exchange(uint32_t words)
     {
         WaitPipe<HardEvent::S_MTE3>();
         WaitPipe<HardEvent::V_MTE3>();
         const uint32_t base = parity_ * blockNum_ * kRowWords;
-        DataCopy(histGm_[base + blockIdx_ * kRowWords], row_, kRowWords);
+        DataCopy(histGm_[base + blockIdx_ * kRowWords], row_, words);
         AllCoresReach();
         WaitPipe<HardEvent::S_V>();  // total_/before_ were last read by the scalar unit
-        Duplicate(total_, static_cast<int32_t>(0), static_cast<int32_t>(kRowWords));
-        Duplicate(before_, static_cast<int32_t>(0), static_cast<int32_t>(kRowWords));
+        Duplicate(total_, static_cast<int32_t>(0), static_cast<int32_t>(words));
+        Duplicate(before_, static_cast<int32_t>(0), static_cast<int32_t>(words));
+        const bool extras = words == kRowWords;
         orKeys_[0] = orKeys_[1] = 0u;
         andKeys_[0] = andKeys_[1] = 0xFFFFFFFFu;
         for (uint32_t first = 0; first < blockNum_; first += chunkRows_) {
             const uint32_t rows = MinU(chunkRows_, blockNum_ - first);
             WaitPipe<HardEvent::V_MTE2>();  // the previous chunk was read by the vector unit
             WaitPipe<HardEvent::S_MTE2>();  // ... and by the scalar unit
-            DataCopy(chunk_, histGm_[base + first * kRowWords], rows * kRowWords);
+            // rows of `words` out of rows of kRowWords, packed in UB
+            DataCopyPad(chunk_, histGm_[base + first * kRowWords],
+                        DataCopyExtParams{static_cast<uint16_t>(rows), 4 * words, 4 * (kRowWords - words), 0, 0},
+                        DataCopyPadExtParams<int32_t>{false, 0, 0, 0});
             WaitPipe<HardEvent::MTE2_V>();
             WaitPipe<HardEvent::MTE2_S>();
             for (uint32_t r = 0; r < rows; ++r) {
-                const LocalTensor<int32_t> row = chunk_[r * kRowWords];
-                Add(total_, total_, row, static_cast<int32_t>(kRowWords));
+                const LocalTensor<int32_t> row = chunk_[r * words];
+                Add(total_, total_, row, static_cast<int32_t>(words));
                 if (first + r < blockIdx_) {
-                    Add(before_, before_, row, static_cast<int32_t>(kRowWords));
+                    Add(before_, before_, row, static_cast<int32_t>(words));
                 }
-                for (uint32_t g = 0; g < 2; ++g) {
+                for (uint32_t g = 0; extras && g < 2; ++g) {
                     orKeys_[g] |= static_cast<uint32_t>(row.GetValue(kExtraOr + 2 * g));
                     andKeys_[g] &= static_cast<uint32_t>(row.GetValue(kExtraAnd + 2 * g));
                 }
@@ -514,14 +521,15 @@ private:
         parity_ ^= 1u;
     }
 
-    // before_[b] becomes the global position where this core's bucket b starts.
+    // before_[b] becomes the global position where this core's bucket b starts (buckets it holds records of).
     __aicore__ inline void GlobalOffsets(uint32_t buckets)
     {
         int32_t running = 0;
         for (uint32_t b = 0; b < buckets; ++b) {
-            const int32_t bucketTotal = total_.GetValue(b);
-            before_.SetValue(b, running + before_.GetValue(b));
-            running += bucketTotal;
+            if (row_.GetValue(b) != 0) {
+                before_.SetValue(b, running + before_.GetValue(b));
+            }
+            running += total_.GetValue(b);
         }
     }
 
@@ -556,19 +564,12 @@ private:
             const uint32_t owner = Owner(payload);
             row_.SetValue(owner, row_.GetValue(owner) + 1);
         }
-        Exchange();
+        Exchange(RoundUp(blockNum_, kOwnerWordsAlign));
         uint32_t regionStart = 0;
-        uint32_t regionCount = 0;
-        int32_t running = 0;
-        for (uint32_t o = 0; o < blockNum_; ++o) {
-            const int32_t ownerTotal = total_.GetValue(o);
-            if (o == blockIdx_) {
-                regionStart = static_cast<uint32_t>(running);
-                regionCount = static_cast<uint32_t>(ownerTotal);
-            }
-            before_.SetValue(o, running + before_.GetValue(o));
-            running += ownerTotal;
+        for (uint32_t o = 0; o < blockIdx_; ++o) {
+            regionStart += static_cast<uint32_t>(total_.GetValue(o));
         }
+        const uint32_t regionCount = static_cast<uint32_t>(total_.GetValue(blockIdx_));
         AlignedStarts(blockNum_);
         for (uint32_t i = 0; i < count; ++i) {
             const uint32_t payload = records_.GetValue(2 * i + 1);
@@ -598,18 +599,20 @@ private:
         }
     }
 
-    // One DataCopyPad per non-empty bucket: sorted_ run -> dst at the bucket's global position (before_).
+    // One DataCopyPad per non-empty bucket: its sorted_ run goes to the bucket's global position, the
+    // records of all buckets before it (totals) plus those of the cores before this one (before_).
     __aicore__ inline void WriteRuns(uint32_t buckets, const GlobalTensor<uint32_t> &dst)
     {
         WaitPipe<HardEvent::S_MTE3>();
+        uint32_t running = 0;
         for (uint32_t b = 0; b < buckets; ++b) {
             const uint32_t n = static_cast<uint32_t>(row_.GetValue(b));
-            if (n == 0) {
-                continue;
+            if (n != 0) {
+                const uint32_t start = static_cast<uint32_t>(cursor_.GetValue(b)) - n;
+                const uint32_t to = running + static_cast<uint32_t>(before_.GetValue(b));
+                DataCopyPad(dst[2 * to], sorted_[2 * start], DataCopyExtParams{1, 8 * n, 0, 0, 0});
             }
-            const uint32_t start = static_cast<uint32_t>(cursor_.GetValue(b)) - n;
-            const uint32_t to = static_cast<uint32_t>(before_.GetValue(b));
-            DataCopyPad(dst[2 * to], sorted_[2 * start], DataCopyExtParams{1, 8 * n, 0, 0, 0});
+            running += static_cast<uint32_t>(total_.GetValue(b));
         }
     }
 
