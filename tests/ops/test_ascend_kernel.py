@@ -38,6 +38,7 @@ def _load_host_check(folder: Path, name: str):
 
 
 HC = _load_host_check(PROJECT / "host_check", "img_gbpr_host_check")
+sys.path.insert(0, str(PROJECT / "host_check"))  # cost_model.py imports host_check by name
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +257,15 @@ def test_build_script_insists_on_the_pinned_cann_version(tmp_path, installed, ac
     proc = subprocess.run(["bash", str(PROJECT / "build.sh"), "--any-cann", "--build-dir", str(tmp_path / "out")],
                           env=env, capture_output=True, text=True, timeout=60)
     assert "msopgen not found" in proc.stderr  # the override skips only the version check
+
+
+def test_cost_model_reproduces_the_documented_prediction_at_32k(host):
+    cost_model = importlib.import_module("cost_model")
+    inputs = cost_model.stage3_inputs(32768)
+    ref = allocate_reference(*inputs, strategy="img_gbpr", capacity_factor=1.5)
+    run = host.run(*inputs, ref["capacity"], "img_gbpr")
+    predicted = cost_model.predict_us(run)["total_us"]
+    doc = (REPO / "docs" / "ascend_cost_model.md").read_text()
+    documented = float(re.search(r"img_gbpr, C = 1\.5 .*?\*\*(\d+) µs\*\*", doc).group(1))
+    assert abs(predicted - documented) <= 0.02 * documented, (predicted, documented)
+    assert predicted > cost_model.Params().sync_us * run.sync_alls  # the work is counted, not only the waits
