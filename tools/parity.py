@@ -83,6 +83,7 @@ class AllocationCase:
     image_share: float = 0.5
     valid_share: float = 0.9
     ties: bool = False
+    non_finite_share: float = 0.0  # valid or not, these rows get a NaN or +-inf (dropped by every backend)
     seed: int = 0
     requires: tuple = ()
 
@@ -99,7 +100,11 @@ class AllocationCase:
             p_vision, noise = rng.random(n), rng.random(n)
         p_vision = p_vision.astype(np.float32)
         probs = np.stack([1 - p_vision, p_vision], axis=1).astype(np.float32)
-        return probs, rng.random(n) < self.image_share, rng.random(n) < self.valid_share, noise.astype(np.float32)
+        is_image, valid = rng.random(n) < self.image_share, rng.random(n) < self.valid_share
+        if self.non_finite_share:
+            rows = np.flatnonzero(rng.random(n) < self.non_finite_share)
+            probs[rows, rng.integers(0, 2, rows.size)] = rng.choice([np.nan, np.inf, -np.inf], rows.size)
+        return probs, is_image, valid, noise.astype(np.float32)
 
     def reference(self, probs, is_image, valid, noise):
         out = allocate_reference(probs, is_image, valid, noise, strategy=self.strategy,

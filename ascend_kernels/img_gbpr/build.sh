@@ -61,7 +61,8 @@ MSOPGEN="$(command -v msopgen || true)"
 if [[ -z "$MSOPGEN" && -x "$ASCEND_HOME_PATH/python/site-packages/bin/msopgen" ]]; then
     MSOPGEN="$ASCEND_HOME_PATH/python/site-packages/bin/msopgen"
 fi
-[[ -n "$MSOPGEN" ]] || die "msopgen not found on PATH nor in \$ASCEND_HOME_PATH/python/site-packages/bin (CANN toolkit incomplete?)"
+[[ -n "$MSOPGEN" ]] || die "msopgen not found on PATH nor in \$ASCEND_HOME_PATH/python/site-packages/bin \
+(CANN toolkit incomplete?)"
 command -v cmake >/dev/null || die "cmake (>= 3.16) not found"
 command -v python3 >/dev/null || die "python3 not found"
 

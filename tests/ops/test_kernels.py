@@ -340,7 +340,8 @@ def test_cuda_kernel_compiles_with_nvcc():
     library = build_kernel("cuda")
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True,
                              check=True).stdout
-    entries = ("EveAllocationCuda", "EveAllocationCudaInit", "EveAllocationCudaRaw", "EveAllocationCudaRawWorkspaceBytes")
+    entries = ("EveAllocationCuda", "EveAllocationCudaInit", "EveAllocationCudaRaw",
+               "EveAllocationCudaRawWorkspaceBytes")
     for entry in entries:
         assert re.search(rf"\b{entry}\b", symbols), entry  # MindSpore's AOT entry points and the raw ones
 

@@ -174,3 +174,15 @@ def test_model_references_move_to_cuda_with_tf32_off_and_back():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert torch.backends.cudnn.allow_tf32 and parity_cases._device().type == "cpu"
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_cases_can_carry_non_finite_rows_that_the_reference_drops(parity):
+    case = parity.AllocationCase("img_gbpr/T4096-non-finite", 4096, "img_gbpr", capacity_factor=1.0,
+                                 non_finite_share=0.02, seed=19)
+    probs, is_image, valid, noise = case.inputs()
+    bad = valid & ~np.isfinite(probs).all(axis=1)
+    expert, slot, counts = case.reference(probs, is_image, valid, noise)
+    assert bad.sum() > 40 and (expert[bad] == -1).all() and (slot[bad] == -1).all() and counts[2] >= bad.sum()
+    plain = dataclasses.replace(case, non_finite_share=0.0).inputs()
+    np.testing.assert_array_equal(plain[1], is_image)  # the other inputs are drawn as without the option
+    assert np.isfinite(plain[0]).all()

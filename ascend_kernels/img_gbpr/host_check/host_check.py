@@ -25,8 +25,9 @@ HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 SOURCES = ("host_check.cpp", "tiling_check.cpp")
 DEPENDENCIES = (*SOURCES, "host_check.h", "sim.h", "kernel_operator.h", "register/op_def_registry.h",
-                "register/tilingdata_base.h", "tiling/platform/platform_ascendc.h", "../op_kernel/img_gbpr_allocation.cpp",
-                "../op_host/img_gbpr_allocation.cpp", "../op_host/img_gbpr_allocation_tiling.h")
+                "register/tilingdata_base.h", "tiling/platform/platform_ascendc.h",
+                "../op_kernel/img_gbpr_allocation.cpp", "../op_host/img_gbpr_allocation.cpp",
+                "../op_host/img_gbpr_allocation_tiling.h")
 ATLAS_A2_AIV_CORES = 48
 ATLAS_A2_UB_BYTES = 192 * 1024
 COUNTERS = ("vec_instr", "vec_bytes", "scalar_reads", "scalar_writes", "mte2_count", "mte2_bytes", "mte3_count",

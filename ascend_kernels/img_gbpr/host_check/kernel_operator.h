@@ -82,7 +82,8 @@ template <typename T>
 class LocalTensor {
 public:
     LocalTensor() = default;
-    LocalTensor(host_check::Block *block, uint64_t offset, uint64_t count) : block_(block), offset_(offset), count_(count)
+    LocalTensor(host_check::Block *block, uint64_t offset, uint64_t count)
+        : block_(block), offset_(offset), count_(count)
     {}
 
     T GetValue(uint64_t i) const
@@ -166,8 +167,9 @@ public:
         return sub;
     }
 
-    T GetValue(uint64_t) const { throw Violation("scalar GlobalTensor::GetValue: the kernel reads global memory by DMA only"); }
-    void SetValue(uint64_t, T) const { throw Violation("scalar GlobalTensor::SetValue: the kernel writes global memory by DMA only"); }
+    // The kernel moves global data by DMA only: scalar global access is an error here.
+    T GetValue(uint64_t) const { throw Violation("scalar GlobalTensor::GetValue (global memory is read by DMA)"); }
+    void SetValue(uint64_t, T) const { throw Violation("scalar GlobalTensor::SetValue (global memory is DMA'd)"); }
 
     T *Data() const { return data_; }
     uint64_t Size() const { return size_; }
@@ -592,8 +594,8 @@ void ShiftRight(const LocalTensor<T> &dst, const LocalTensor<T> &src, const T &s
     T *d = dst.Data();
     for (int32_t i = 0; i < count; ++i) {
         // unsigned: logical shift; signed: arithmetic shift (C++20 semantics, g++ does this for C++17 too)
-        d[i] = static_cast<uint64_t>(scalar) == 8 * sizeof(T) ? static_cast<T>(std::is_signed<T>::value && s[i] < 0 ? -1 : 0)
-                                                              : static_cast<T>(s[i] >> scalar);
+        const bool all = static_cast<uint64_t>(scalar) == 8 * sizeof(T);  // shifting every bit out
+        d[i] = all ? static_cast<T>(std::is_signed<T>::value && s[i] < 0 ? -1 : 0) : static_cast<T>(s[i] >> scalar);
     }
     op.Done(uint64_t(count) * sizeof(T));
 }

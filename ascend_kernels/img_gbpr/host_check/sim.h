@@ -246,8 +246,9 @@ public:
             }
             if (write) {
                 if (word.repoch == epoch_ && (word.rmask & ~(1ull << me)) != 0) {
-                    throw Violation(Format("block %d: %s overwrites %s word %llu that another block read since the "
-                                           "last SyncAll (race)", b.idx, what, buf.name.c_str(), (unsigned long long)w));
+                    throw Violation(Format("block %d: %s overwrites %s word %llu that another block read since "
+                                           "the last SyncAll (race)", b.idx, what, buf.name.c_str(),
+                                           (unsigned long long)w));
                 }
                 if (word.repoch == epoch_ && word.rblock == b.idx && pipe != kMte2 &&
                     word.rseq > b.visible[kMte2][pipe]) {

@@ -301,16 +301,16 @@ private:
         const int32_t n = static_cast<int32_t>(vec);
         const int32_t maskHalves = static_cast<int32_t>(vec / 16);
         const float inf = FloatFromBits(kPositiveInf);
+        const LocalTensor<uint16_t> competeBits = compete.ReinterpretCast<uint16_t>();
+        const LocalTensor<uint16_t> finiteBits = finite.ReinterpretCast<uint16_t>();
         Cast(halfTmp, valid, RoundMode::CAST_NONE, vec);
         Compares(compete, halfTmp, static_cast<half>(0.5f), CMPMODE::GT, vec);
         Abs(scratchF, p0, n);
         Compares(finite, scratchF, inf, CMPMODE::LT, vec);
-        And(compete.ReinterpretCast<uint16_t>(), compete.ReinterpretCast<uint16_t>(), finite.ReinterpretCast<uint16_t>(),
-            maskHalves);
+        And(competeBits, competeBits, finiteBits, maskHalves);
         Abs(scratchF, p1, n);
         Compares(finite, scratchF, inf, CMPMODE::LT, vec);
-        And(compete.ReinterpretCast<uint16_t>(), compete.ReinterpretCast<uint16_t>(), finite.ReinterpretCast<uint16_t>(),
-            maskHalves);
+        And(competeBits, competeBits, finiteBits, maskHalves);
 
         // S = P + prior: [beta * (1 - image), beta * image], each one float32 addition as in the reference
         LocalTensor<float> score0 = p0;
@@ -434,7 +434,8 @@ private:
         for (uint32_t d = 1; d < kKeyDigits; ++d) {
             bool differs = false;
             for (uint32_t g = 0; g < 2; ++g) {
-                differs = differs || (groupTotal_[g] > 0 && (((orKeys_[g] ^ andKeys_[g]) >> (kDigitBits * d)) & kDigitMask) != 0);
+                const uint32_t varying = (orKeys_[g] ^ andKeys_[g]) >> (kDigitBits * d);  // bits not equal in all keys
+                differs = differs || (groupTotal_[g] > 0 && (varying & kDigitMask) != 0);
             }
             if (differs) {
                 digits[passes++] = d;

@@ -19,7 +19,10 @@ public:
     explicit PlatformAscendC(fe::PlatFormInfos *info) : info_(info) {}
     uint32_t GetCoreNumAiv() const { return info_->aivCores; }
     uint32_t GetCoreNumAic() const { return info_->aivCores / 2; }
-    void GetCoreMemSize(const CoreMemType &type, uint64_t &size) const { size = type == CoreMemType::UB ? info_->ubBytes : 0; }
+    void GetCoreMemSize(const CoreMemType &type, uint64_t &size) const
+    {
+        size = type == CoreMemType::UB ? info_->ubBytes : 0;
+    }
     uint32_t GetLibApiWorkSpaceSize() const { return 1u << 16; }  // = AscendC::kHostSystemWorkspace
 
 private:
