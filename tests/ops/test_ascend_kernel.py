@@ -211,8 +211,13 @@ MUTATIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def mutant_builds(tmp_path_factory):
+    return tmp_path_factory.mktemp("mutant_builds")  # shared: the unchanged tiling object compiles once
+
+
 @pytest.mark.parametrize("name", list(MUTATIONS))
-def test_the_host_model_rejects_a_broken_kernel(tmp_path, name):
+def test_the_host_model_rejects_a_broken_kernel(tmp_path, mutant_builds, name):
     before, after, message = MUTATIONS[name]
     copy = tmp_path / "img_gbpr"
     shutil.copytree(PROJECT, copy, ignore=shutil.ignore_patterns("build_out"))
@@ -222,7 +227,7 @@ def test_the_host_model_rejects_a_broken_kernel(tmp_path, name):
     kernel.write_text(source.replace(before, after, 1))
     module_name = "img_gbpr_host_check_" + re.sub(r"\W", "_", name)
     mutant = _load_host_check(copy / "host_check", module_name)
-    host = mutant.HostCheck(mutant.build(tmp_path / "build", optimize="-O0"))
+    host = mutant.HostCheck(mutant.build(mutant_builds, optimize="-O0"))
     inputs = _case(np.random.default_rng(1), 3000)
     with pytest.raises(mutant.HostCheckError, match=message):
         host.run(*inputs, compute_capacity(3000, 1.0, 4), "img_gbpr")

@@ -23,11 +23,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
-SOURCES = ("host_check.cpp", "tiling_check.cpp")
-DEPENDENCIES = (*SOURCES, "host_check.h", "sim.h", "kernel_operator.h", "register/op_def_registry.h",
-                "register/tilingdata_base.h", "tiling/platform/platform_ascendc.h",
-                "../op_kernel/img_gbpr_allocation.cpp", "../op_host/img_gbpr_allocation.cpp",
-                "../op_host/img_gbpr_allocation_tiling.h")
+# The two translation units and what each one's object depends on.
+SOURCES = {
+    "host_check.cpp": ("host_check.cpp", "host_check.h", "sim.h", "kernel_operator.h", "register/tilingdata_base.h",
+                       "../op_kernel/img_gbpr_allocation.cpp", "../op_host/img_gbpr_allocation_tiling.h"),
+    "tiling_check.cpp": ("tiling_check.cpp", "host_check.h", "register/op_def_registry.h",
+                         "register/tilingdata_base.h", "tiling/platform/platform_ascendc.h",
+                         "../op_host/img_gbpr_allocation.cpp", "../op_host/img_gbpr_allocation_tiling.h"),
+}
 ATLAS_A2_AIV_CORES = 48
 ATLAS_A2_UB_BYTES = 192 * 1024
 COUNTERS = ("vec_instr", "vec_bytes", "scalar_reads", "scalar_writes", "mte2_count", "mte2_bytes", "mte3_count",
@@ -81,34 +84,40 @@ class Run:
     stats: np.ndarray  # [SyncAll interval, block, counter], counters as in COUNTERS
 
 
-def _digest(flags) -> str:
+def _digest(flags, files) -> str:
     sha = hashlib.sha256(" ".join(flags).encode())
-    for name in DEPENDENCIES:
+    for name in files:
         sha.update((HERE / name).read_bytes())
     return sha.hexdigest()[:16]
 
 
 def build(directory: str | os.PathLike | None = None, optimize: str = "-O2") -> Path:
-    """Compile the host library (cached by the hash of its sources) and return its path."""
-    flags = ["-std=c++17", optimize, "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off", "-Wall", "-Wextra",
-             "-Werror", f"-I{HERE}", f"-I{PROJECT / 'op_host'}"]
+    """Compile the host library and return its path. Objects and library are cached by the hash of
+    their sources and flags, so a changed kernel recompiles only the kernel's translation unit."""
+    flags = ["-std=c++17", optimize, "-fPIC", "-fno-fast-math", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
+             f"-I{HERE}", f"-I{PROJECT / 'op_host'}"]
     out_dir = Path(directory or Path(tempfile.gettempdir()) / "eve_ms_ascend_host_check")
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"img_gbpr_host-{_digest(flags)}.so"
-    if not target.exists():
-        # the two translation units compile in parallel, then link
-        objects = [target.with_name(f"{target.stem}-{Path(s).stem}.{os.getpid()}.o") for s in SOURCES]
-        procs = [subprocess.Popen(["g++", *flags, "-c", "-o", str(o), str(HERE / s)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for s, o in zip(SOURCES, objects)]
-        logs = [p.communicate()[0] for p in procs]
-        if any(p.returncode for p in procs):
-            raise subprocess.CalledProcessError(1, "g++", output="\n".join(logs))
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(["g++", *flags, "-o", str(tmp), *map(str, objects), "-lpthread"], check=True,
-                       capture_output=True, text=True)
-        os.replace(tmp, target)
-        for o in objects:
-            o.unlink()
+    objects = {src: out_dir / f"{Path(src).stem}-{_digest(flags, deps)}.o" for src, deps in SOURCES.items()}
+    library_key = hashlib.sha256(" ".join(o.name for o in objects.values()).encode()).hexdigest()[:16]
+    target = out_dir / f"img_gbpr_host-{library_key}.so"
+    if target.exists():
+        return target
+    # missing objects compile in parallel, each to a temporary name moved into place
+    pending = {src: obj for src, obj in objects.items() if not obj.exists()}
+    procs = {src: subprocess.Popen(["g++", *flags, "-c", "-o", f"{obj}.{os.getpid()}.tmp", str(HERE / src)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for src, obj in pending.items()}
+    logs = {src: proc.communicate()[0] for src, proc in procs.items()}
+    failed = [src for src, proc in procs.items() if proc.returncode]
+    if failed:
+        raise subprocess.CalledProcessError(1, "g++", output="\n".join(logs[src] for src in failed))
+    for src, obj in pending.items():
+        os.replace(f"{obj}.{os.getpid()}.tmp", obj)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    subprocess.run(["g++", "-shared", "-o", str(tmp), *map(str, objects.values()), "-lpthread"], check=True,
+                   capture_output=True, text=True)
+    os.replace(tmp, target)
     return target
 
 

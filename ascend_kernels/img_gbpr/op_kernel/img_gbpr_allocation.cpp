@@ -69,7 +69,7 @@ __aicore__ inline float FloatFromBits(uint32_t bits)
     return pun.f;
 }
 
-// Make the writes of pipe `event`'s source visible to its destination pipe.
+// Everything the source pipe of `event` (A in A_B) issued so far completes before pipe B goes on.
 template <HardEvent event>
 __aicore__ inline void WaitPipe()
 {
