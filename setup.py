@@ -19,6 +19,7 @@ setup(
         "pillow",
         "pyyaml",
         "safetensors",
+        "ml-dtypes==0.5.4",  # numpy's bfloat16 for safetensors' numpy API (0.6+ needs numpy 2)
         "tqdm",
         "matplotlib",
     ],
