@@ -20,12 +20,14 @@ setup(
         "pyyaml",
         "safetensors",
         "ml-dtypes==0.5.4",  # numpy's bfloat16 for safetensors' numpy API (0.6+ needs numpy 2)
+        "tensorboardX==2.6.5",  # TensorBoard event files of training runs (also a mindformers dependency)
         "tqdm",
         "matplotlib",
     ],
     extras_require={
         # torch is a reference implementation for parity tests and benchmarks only.
-        "test": ["pytest", "hypothesis", "torch==2.13.0"],
+        # tensorboard's event reader checks the event files a training run writes.
+        "test": ["pytest", "hypothesis", "torch==2.13.0", "tensorboard==2.21.0"],
     },
     entry_points={"console_scripts": ["eve-ms=eve_ms.cli:main"]},
 )
