@@ -19,8 +19,10 @@ Per source, in recipe order:
 4. the samples taken are written in file order.
 
 The result depends only on the recipe and the source files' bytes: the same recipe gives the same
-bytes, another seed another draw. Memory holds no records: about 40 bytes per record of the source
-being read plus 8 bytes per sample taken (for the cross-source duplicate check).
+bytes, another seed another draw. Memory holds no records, only the index of the source being read
+(offsets, sizes, lines, keys: 33 bytes a record, about twice that at its peak while numpy sorts the
+keys) and 8 bytes per sample taken (for the cross-source duplicate check): a 1M-line source peaks at
+about 130 MB (tools/benchmarks/mix_scale.py).
 """
 from __future__ import annotations
 

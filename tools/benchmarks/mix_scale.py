@@ -5,7 +5,8 @@
 Writes a LLaVA-format JSONL of N lines (every sample a distinct question about one of 1,000 small
 PNG images; 1 % exact duplicates, 0.1 % records without conversations) and runs `eve-ms data mix`
 on it in a fresh process per (lines, take) pair, images decoded. Peak RSS is that process's own
-(`os.wait4`), so runs do not inherit each other's peaks. The numbers go in the README ("Stage-3
+(`os.wait4`), so runs do not inherit each other's peaks; CPU s (user + system) is the
+number to compare on a loaded machine, where wall time also counts waiting for a core. The numbers go in the README ("Stage-3
 data"): memory that stays flat as the source grows is what is being shown.
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run_mix(workdir: str, source: str, lines: int, take: str) -> dict:
     with open(os.path.join(out, "manifest.json"), encoding="utf-8") as fh:
         totals = json.load(fh)["totals"]
     return {"lines": lines, "take": take, "source_mb": os.path.getsize(source) / 2**20, "seconds": seconds,
-            "peak_rss_mb": usage.ru_maxrss / 1024, **totals}
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024, **totals}
 
 
 def main(argv=None) -> int:
@@ -77,14 +78,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="eve_mix_scale_") as tmp:
         workdir = os.path.abspath(args.workdir or tmp)
-        print("| source lines | source MB | taken | duplicates | skipped | wall s | peak RSS MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("| source lines | source MB | taken | duplicates | skipped | wall s | CPU s | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|")
         for lines in args.lines:
             source = write_source(workdir, lines)
             for take in args.take:
                 r = run_mix(workdir, source, lines, take)
                 print(f"| {lines:,} | {r['source_mb']:.0f} | {r['taken']:,} | {r['duplicates']:,} | {r['skipped']:,} "
-                      f"| {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
+                      f"| {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} |", flush=True)
     return 0
 
 
