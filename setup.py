@@ -19,12 +19,18 @@ setup(
         "pillow",
         "pyyaml",
         "safetensors",
+        "ml-dtypes==0.5.4",  # numpy's bfloat16 for safetensors' numpy API (0.6+ needs numpy 2)
+        "tensorboardX==2.6.5",  # TensorBoard event files of training runs (also a mindformers dependency)
         "tqdm",
         "matplotlib",
+        # XSum's ROUGE: the package OpenCompass's RougeEvaluator scores with
+        "rouge-score==0.1.2",
     ],
     extras_require={
-        # torch is a reference implementation for parity tests and benchmarks only.
-        "test": ["pytest", "hypothesis", "torch==2.13.0"],
+        # torch is a reference implementation for parity tests and benchmarks only; tensorboard's event reader
+        # checks the event files a training run writes. Test tools are pinned exactly (and everything else in
+        # constraints.txt) so a new release cannot turn CI red.
+        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "torch==2.13.0", "tensorboard==2.21.0"],
     },
     entry_points={"console_scripts": ["eve-ms=eve_ms.cli:main"]},
 )

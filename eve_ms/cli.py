@@ -14,7 +14,7 @@ COMMANDS = {
     "demo": ("eve_ms.demo.pipeline", "run the embedded default: the whole three-stage method on a tiny model"),
     "train": ("eve_ms.training.launch", "train one stage from a yaml config (also under msrun)"),
     "plot": ("eve_ms.training.plots", "plot a training JSONL log to PNG"),
-    "data": ("eve_ms.data.check", "validate a LLaVA-format dataset"),
+    "data": ("eve_ms.data.check", "validate a LLaVA-format dataset, or mix several by a recipe"),
     "chat": ("eve_ms.inference.chat", "chat with a checkpoint, with or without an image"),
     "eval": ("eve_ms.eval.run", "evaluate a checkpoint on a benchmark"),
     "convert": ("eve_ms.convert.cli", "convert Hugging Face / PyTorch Eve checkpoints"),

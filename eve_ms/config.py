@@ -12,7 +12,7 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import yaml
 
@@ -152,13 +152,43 @@ class AdapterConfig:
         raise ConfigError(f"unknown adapter type {self.type!r} (expected ldp, ldpv2, mlp2x_gelu)")
 
 
+FFN_KINDS = ("swiglu", "series")
+ATTN_SHORTCUT_ACTIVATIONS = ("fast_gelu",)
+
+
 @dataclass
 class LLMConfig:
-    """Llama-style decoder (RMSNorm, rotary, SwiGLU, grouped-query attention)."""
+    """Llama-style decoder (RMSNorm, rotary, grouped-query attention), layer by layer as the config says.
+
+    Every layer is pre-norm attention + FFN. What differs between layers is decided here, by the
+    layer's index against `layer_split` (see `ffn_kind` and `attn_shortcut_width_of`):
+
+    - layers i < layer_split: FFN `ffn_below_split`;
+    - layers i >= layer_split: FFN `ffn_from_split`, plus the attention-output shortcut when
+      `attn_shortcut_width` > 0: h = x + a + out(act(in(a))), a the attention output (in: H -> width).
+
+    FFN kinds: `swiglu` = down(silu(gate(x)) * up(x)); `series` (PanGu-pi's series-informed
+    activation) = down((silu(gate(x)) + fast_gelu(gate2(x))) * up(x)). The defaults are a Llama
+    (SwiGLU everywhere, no shortcut). PanGu-pi Pro as the Eve release builds it (its InternLM
+    code): series below the split, SwiGLU + a width-128 FastGeLU shortcut from it on, q/k/v biases.
+    """
+
+    # The Eve release's rule for the split index (`split_dict` of its InternLMModel), by depth; used when
+    # `layer_split` is None and the layers above and below it differ.
+    RELEASE_LAYER_SPLITS: ClassVar[dict] = {12: 8, 22: 15, 29: 19}
+    # Keys older configs may hold: key -> (value that loads as if absent, what to do instead).
+    REMOVED_KEYS: ClassVar[dict] = {
+        "augmented_shortcut_layers": ([], "the input-side linear shortcut was removed (no published model uses "
+                                          "it). PanGu-pi Pro's shortcut, on the attention output, is set by "
+                                          "`attn_shortcut_width` / `attn_shortcut_act` and applies from `layer_split` "
+                                          "on: use those keys instead (weights of the old shortcut do not carry "
+                                          "over), or delete this one"),
+    }
 
     vocab_size: int = 48000
     hidden_size: int = 2048
-    intermediate_size: int = 6912  # PanGu-pi-1.5B Pro: FFN width that gives the 1.5B the name states
+    # PanGu-pi Pro's MLP ratio 8/3 rounded up to a multiple of 256 (InternEvo's rule): not published for the 1.5B
+    intermediate_size: int = 5632
     num_layers: int = 22
     num_heads: int = 16
     num_kv_heads: Optional[int] = None  # None = num_heads (no GQA)
@@ -171,8 +201,11 @@ class LLMConfig:
     attention_bias: bool = False
     mlp_bias: bool = False
     hidden_act: str = "silu"
-    # PanGu-pi augmented shortcut: layers whose attention gets an extra linear shortcut.
-    augmented_shortcut_layers: list = field(default_factory=list)
+    ffn_below_split: str = "swiglu"  # swiglu | series
+    ffn_from_split: str = "swiglu"  # swiglu | series
+    attn_shortcut_width: int = 0  # bottleneck of the attention-output shortcut from layer_split on; 0: none
+    attn_shortcut_act: str = "fast_gelu"
+    layer_split: Optional[int] = None  # None: RELEASE_LAYER_SPLITS[num_layers] when the two layer kinds differ
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -180,6 +213,46 @@ class LLMConfig:
     # tiny LLM trained from scratch whose inputs include image tokens of unit RMS (the LDP ends in a
     # LayerNorm) learns to read them much sooner when its word vectors are of a comparable size.
     embedding_init_std: float = 0.02
+
+    def __post_init__(self):
+        for key in ("ffn_below_split", "ffn_from_split"):
+            if getattr(self, key) not in FFN_KINDS:
+                raise ConfigError(f"llm.{key} must be one of {FFN_KINDS}, got {getattr(self, key)!r}")
+        if self.attn_shortcut_width < 0:
+            raise ConfigError(f"llm.attn_shortcut_width must be >= 0, got {self.attn_shortcut_width}")
+        if self.attn_shortcut_act not in ATTN_SHORTCUT_ACTIVATIONS:
+            raise ConfigError(f"llm.attn_shortcut_act must be one of {ATTN_SHORTCUT_ACTIVATIONS}, "
+                              f"got {self.attn_shortcut_act!r}")
+        self.split_index  # noqa: B018 (raises ConfigError when it cannot be resolved)
+
+    @property
+    def is_uniform(self) -> bool:
+        """Whether every layer is built the same (then the split index does not matter)."""
+        return self.ffn_below_split == self.ffn_from_split and not self.attn_shortcut_width
+
+    @property
+    def split_index(self) -> int:
+        """First layer built as `ffn_from_split` (+ shortcut): `layer_split`, else the release's rule."""
+        if self.layer_split is not None:
+            if not 0 <= self.layer_split <= self.num_layers:
+                raise ConfigError(f"llm.layer_split={self.layer_split} is outside 0..{self.num_layers}")
+            return self.layer_split
+        if self.is_uniform:
+            return self.num_layers
+        if self.num_layers not in self.RELEASE_LAYER_SPLITS:
+            raise ConfigError(
+                f"llm.layer_split is not set and the Eve release has no split for {self.num_layers} layers "
+                f"(it has one for {sorted(self.RELEASE_LAYER_SPLITS)}): set llm.layer_split"
+            )
+        return self.RELEASE_LAYER_SPLITS[self.num_layers]
+
+    def ffn_kind(self, layer_index: int) -> str:
+        """`swiglu` or `series`: the FFN of layer `layer_index`."""
+        return self.ffn_below_split if layer_index < self.split_index else self.ffn_from_split
+
+    def attn_shortcut_width_of(self, layer_index: int) -> int:
+        """Bottleneck width of layer `layer_index`'s attention-output shortcut; 0 when it has none."""
+        return self.attn_shortcut_width if layer_index >= self.split_index else 0
 
     @property
     def kv_heads(self) -> int:
@@ -262,8 +335,8 @@ class EveConfig:
         llm = llm_param_count(self.llm)
         evf_layers = self.evf.layer_indices(self.llm.num_layers)
         router = 2 * self.llm.hidden_size  # linear router, no bias, two experts
-        ffn = ffn_param_count(self.llm)
-        evf_extra = len(evf_layers) * (ffn + router)
+        vision_ffns = sum(ffn_param_count(self.llm, self.llm.ffn_kind(i)) for i in evf_layers)
+        evf_extra = vision_ffns + len(evf_layers) * router
         total = vision + adapter + llm + evf_extra
         return {
             "vision": vision,
@@ -271,7 +344,7 @@ class EveConfig:
             "llm": llm,
             "evf_extra": evf_extra,
             "total": total,
-            "activated": total - len(evf_layers) * ffn,
+            "activated": total - vision_ffns,
         }
 
 
@@ -308,6 +381,7 @@ def from_dict(cls, data: Optional[dict], source: str = "<dict>", section: str = 
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = _without_removed_keys(cls, data, where)
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
@@ -332,7 +406,25 @@ def from_dict(cls, data: Optional[dict], source: str = "<dict>", section: str = 
         elif annotation is float and isinstance(value, int):
             value = float(value)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a check across values (__post_init__): say which file and section
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _without_removed_keys(cls, data: dict, where: str) -> dict:
+    """`data` without keys `cls.REMOVED_KEYS` names: dropped when they hold the value that changes
+    nothing (files written before the key was removed), an error saying what to do otherwise."""
+    removed = getattr(cls, "REMOVED_KEYS", {})
+    kept = {}
+    for key, value in data.items():
+        if key not in removed:
+            kept[key] = value
+            continue
+        harmless, advice = removed[key]
+        if value != harmless:
+            raise ConfigError(f"key {key!r} in {where} is no longer supported: {advice}")
+    return kept
 
 
 def to_dict(config) -> dict:

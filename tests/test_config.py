@@ -1,5 +1,6 @@
 """Configs: strict yaml loading with errors that name the key and file, and parameter counts from the config alone."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,7 +59,10 @@ def test_evf_layer_list_out_of_range_is_an_error():
         EVFConfig(enabled=True, layers=[0, 9]).layer_indices(6)
 
 
-def _tiny(backbone, adapter, evf, tied=False):
+PAPER_YAML = Path(__file__).resolve().parents[1] / "yaml_configs" / "eve_siglip_pangu1.5b" / "stage3.yaml"
+
+
+def _tiny(backbone, adapter, evf, tied=False, **llm):
     vision = dict(backbone=backbone, image_size=32, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2)
     if backbone == "resnet":
         vision = dict(backbone="resnet", image_size=64, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1])
@@ -67,7 +71,7 @@ def _tiny(backbone, adapter, evf, tied=False):
     return EveConfig(
         vision=VisionConfig(**vision), adapter=AdapterConfig(type=adapter),
         llm=LLMConfig(vocab_size=90, hidden_size=32, intermediate_size=40, num_layers=3, num_heads=4, num_kv_heads=2,
-                      tie_word_embeddings=tied, max_position_embeddings=64),
+                      tie_word_embeddings=tied, max_position_embeddings=64, **llm),
         evf=EVFConfig(enabled=evf),
     )
 
@@ -88,12 +92,29 @@ def test_param_counts_equal_the_instantiated_model(backbone, adapter, evf, tied)
     assert counts["activated"] == counts["total"] - evf_layers * 3 * 32 * 40
 
 
-def test_paper_configuration_lands_near_the_papers_activated_size():
-    config = EveConfig(evf=EVFConfig(enabled=True))
-    assert (config.llm.num_layers, config.llm.hidden_size, config.llm.vocab_size) == (22, 2048, 48000)
+def test_param_counts_of_pangu_pi_layers_count_each_vision_ffn_of_its_layers_kind():
+    from eve_ms.models.eve import EveForCausalLM, eve_param_count
+
+    config = _tiny("siglip", "ldp", True, ffn_below_split="series", attn_shortcut_width=8, layer_split=2,
+                   attention_bias=True)
+    counts = config.param_counts()
+    assert counts["total"] == eve_param_count(EveForCausalLM(config))
+    series, swiglu, router = 4 * 32 * 40, 3 * 32 * 40, 2 * 32  # EVF layers 0 (series) and 2 (swiglu)
+    assert counts["evf_extra"] == series + swiglu + 2 * router
+    assert counts["activated"] == counts["total"] - series - swiglu
+
+
+def test_paper_configuration_is_the_released_model_at_the_papers_sizes():
+    config = load_eve_config(PAPER_YAML)
+    llm = config.llm
+    assert config.evf.enabled and (llm.num_layers, llm.hidden_size, llm.vocab_size) == (22, 2048, 48000)
+    assert [llm.ffn_kind(i) for i in range(22)] == ["series"] * 15 + ["swiglu"] * 7  # the release's split 15
+    assert [i for i in range(22) if llm.attn_shortcut_width_of(i)] == list(range(15, 22))
+    assert (config.vision.select_layer, config.vision.layers_used) == (-1, 24)  # every block + final norm
     assert config.num_image_tokens == 144  # SigLIP-L 384: 24x24 patches, LDP halves the grid
     counts = config.param_counts()
-    assert abs(counts["activated"] - 1.8e9) / 1.8e9 < 0.05
+    assert abs(counts["llm"] - 1.5e9) / 1.5e9 < 0.01  # PanGu-pi-1.5B Pro
+    assert abs(counts["activated"] - 1.8e9) / 1.8e9 < 0.03  # the paper's 1.8B
     assert counts["total"] > counts["activated"]  # the vision FFNs of 11 EVF layers
 
 
@@ -109,3 +130,21 @@ def test_a_model_config_written_before_eval_capacity_factor_loads_with_the_defau
     old.write_text("".join(line for line in saved.read_text().splitlines(True) if "eval_capacity_factor" not in line))
     config = load_eve_config(old)
     assert config.evf.eval_capacity_factor == 2.0 and config.evf.capacity_factor == 1.25
+
+
+def test_removed_input_side_shortcut_key_loads_when_empty_and_otherwise_says_what_to_use(tmp_path):
+    old = load_eve_config(_write(tmp_path, {"llm": {"augmented_shortcut_layers": []}}, "old.yaml"))
+    assert old.llm == LLMConfig()
+    path = _write(tmp_path, {"llm": {"augmented_shortcut_layers": [3]}}, "used.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_eve_config(path)
+    message = str(err.value)
+    assert "'augmented_shortcut_layers'" in message and path in message
+    assert "attn_shortcut_width" in message and "layer_split" in message
+
+
+def test_layer_layout_errors_surface_when_the_yaml_loads(tmp_path):
+    path = _write(tmp_path, {"llm": {"num_layers": 5, "ffn_below_split": "series"}})
+    with pytest.raises(ConfigError, match="no split for 5 layers") as err:
+        load_eve_config(path)
+    assert f"llm section of {path}" in str(err.value)

@@ -3,13 +3,16 @@
     python tools/parity.py --device_target CPU|GPU|Ascend [--json OUT] [--cases REGEX]
                            [--backends composed,cpu] [--mode pynative|graph] [--list]
 
-Token allocation cases (DESIGN section 3) compare the numpy reference with the MindSpore
-composed ops and with the device's native kernel (CPU -> cpu, GPU -> cuda, Ascend ->
-ascend), exactly on expert, slot and counts. Model cases compare eve-ms cells with their
-PyTorch / Hugging Face counterparts; they come from `eve_ms.convert.parity_cases` when that
-module exists, and are skipped with a message when their requirements (torch, ...) are not
-installed. The table lists case, backend, max error, tolerance and PASS / FAIL / SKIP; the
-exit status is 1 when any row fails (2 for bad usage).
+Token allocation cases (DESIGN section 3, T from 1 to 65536) compare the numpy reference
+exactly, on expert, slot and counts, with the backends of the device: CPU -> the MindSpore
+composed ops and the C++ kernel; Ascend -> the composed ops and the AscendC operator; GPU ->
+`cuda-raw`, the CUDA kernel called through ctypes on PyTorch CUDA tensors (tools/cuda_raw.py),
+because MindSpore 2.9 has no GPU backend. Model cases compare eve-ms cells with their PyTorch /
+Hugging Face counterparts (`eve_ms.convert.parity_cases`); with GPU the references run on CUDA
+and the eve-ms cells on MindSpore's CPU backend. Cases whose requirements (torch, ...) are not
+installed are skipped with a message. The table lists case, backend, max error, tolerance and
+PASS / FAIL / SKIP; the exit status is 1 when any row fails, 2 for bad usage, 3 when the device
+is not there (GPU: no CUDA device visible to PyTorch).
 
 Registries, so cases and backends plug in without editing this file:
 - `register_case(case)`: any object with `name`, `requires` (module names) and
@@ -44,6 +47,11 @@ from eve_ms.ops.token_allocation import allocate_reference, compute_capacity  # 
 
 MODEL_CASE_MODULE = "eve_ms.convert.parity_cases"
 NATIVE_BACKEND = {"CPU": "cpu", "GPU": "cuda", "Ascend": "ascend"}
+DEFAULT_BACKENDS = {"CPU": ["composed", "cpu"], "GPU": ["cuda-raw"], "Ascend": ["composed", "ascend"]}
+# MindSpore's device target per harness target: MindSpore 2.9 has no GPU backend, so on GPU the
+# eve-ms cells run on its CPU backend while the PyTorch references and the CUDA kernel use the GPU.
+MINDSPORE_TARGET = {"CPU": "CPU", "GPU": "CPU", "Ascend": "Ascend"}
+NO_DEVICE_STATUS = 3
 
 
 @dataclasses.dataclass
@@ -75,6 +83,7 @@ class AllocationCase:
     image_share: float = 0.5
     valid_share: float = 0.9
     ties: bool = False
+    non_finite_share: float = 0.0  # valid or not, these rows get a NaN or +-inf (dropped by every backend)
     seed: int = 0
     requires: tuple = ()
 
@@ -91,7 +100,11 @@ class AllocationCase:
             p_vision, noise = rng.random(n), rng.random(n)
         p_vision = p_vision.astype(np.float32)
         probs = np.stack([1 - p_vision, p_vision], axis=1).astype(np.float32)
-        return probs, rng.random(n) < self.image_share, rng.random(n) < self.valid_share, noise.astype(np.float32)
+        is_image, valid = rng.random(n) < self.image_share, rng.random(n) < self.valid_share
+        if self.non_finite_share:
+            rows = np.flatnonzero(rng.random(n) < self.non_finite_share)
+            probs[rows, rng.integers(0, 2, rows.size)] = rng.choice([np.nan, np.inf, -np.inf], rows.size)
+        return probs, is_image, valid, noise.astype(np.float32)
 
     def reference(self, probs, is_image, valid, noise):
         out = allocate_reference(probs, is_image, valid, noise, strategy=self.strategy,
@@ -160,6 +173,17 @@ def _allocation_suite() -> list[AllocationCase]:
         AllocationCase("img_gbpr/T4096-mixed", 4096, "img_gbpr", capacity_factor=1.0, image_share=0.7,
                        redistribute_ratio=0.6, seed=12),
     ]
+    # Sizes of a stage-3 batch (16 x 2048 = 32k tokens per device): the kernels' many-core paths.
+    cases += [
+        AllocationCase("random/T16384", 16384, "random", capacity_factor=0.8, seed=13),
+        AllocationCase("gbpr/T16384-ties", 16384, "gbpr", ties=True, seed=14),
+        AllocationCase("img_gbpr/T16384-skewed", 16384, "img_gbpr", capacity_factor=1.0, image_share=0.8,
+                       redistribute_ratio=0.6, seed=15),
+        AllocationCase("random/T65536-ties", 65536, "random", capacity_factor=1.0, ties=True, seed=16),
+        AllocationCase("gbpr/T65536", 65536, "gbpr", capacity_factor=0.8, seed=17),
+        AllocationCase("img_gbpr/T65536-mixed", 65536, "img_gbpr", capacity_factor=1.0, image_share=0.7,
+                       redistribute_ratio=0.6, seed=18),
+    ]
     return cases
 
 
@@ -183,6 +207,9 @@ def _mindspore_allocator(backend: str) -> AllocationFactory:
 
         from eve_ms.ops import kernels
 
+        if device_target == "GPU":
+            raise BackendUnavailable("MindSpore 2.9 has no GPU backend; the cuda-raw backend runs the CUDA kernel "
+                                     "through PyTorch")
         if backend != "composed":
             if backend not in kernels.BACKENDS:
                 raise BackendUnavailable(f"unknown backend {backend}")
@@ -212,6 +239,47 @@ def _mindspore_allocator(backend: str) -> AllocationFactory:
 
 for _backend in ("composed", "cpu", "cuda", "ascend"):
     register_allocation_backend(_backend, _mindspore_allocator(_backend))
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why --device_target GPU cannot run here, or None when PyTorch sees a CUDA device."""
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"PyTorch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"
+    return None
+
+
+_CUDA_RAW = {}
+
+
+def _cuda_raw_allocator(case: AllocationCase, device_target: str):
+    """The CUDA kernel through its raw entry point on PyTorch CUDA tensors (no MindSpore)."""
+    if device_target != "GPU":
+        raise BackendUnavailable("cuda-raw runs with --device_target GPU")
+    if "allocation" not in _CUDA_RAW:
+        from eve_ms.ops.kernels.build import KernelBuildError, build_kernel
+
+        try:
+            library = build_kernel("cuda")
+        except KernelBuildError as err:
+            raise BackendUnavailable(f"the CUDA kernel cannot be built here: {err}") from err
+        spec = importlib.util.spec_from_file_location("eve_cuda_raw", Path(__file__).with_name("cuda_raw.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _CUDA_RAW["allocation"] = module.CudaRawAllocation(library, "cuda")
+    allocation = _CUDA_RAW["allocation"]
+
+    def allocate(probs, is_image, valid, noise):
+        return allocation(probs, is_image, valid, noise, case.capacity, case.strategy, case.beta,
+                          case.redistribute_ratio)
+
+    return allocate
+
+
+register_allocation_backend("cuda-raw", _cuda_raw_allocator)
 
 
 # ---- case registry --------------------------------------------------------------------------------
@@ -326,15 +394,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no parity case matches {args.cases!r}", file=sys.stderr)
         return 2
 
+    if args.device_target == "GPU":
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            print(f"parity.py: --device_target GPU needs a CUDA device visible to PyTorch: {reason}",
+                  file=sys.stderr)
+            return NO_DEVICE_STATUS
+
     from eve_ms.runtime import setup_context
 
     try:
-        setup_context(args.device_target, mode=args.mode)
+        setup_context(MINDSPORE_TARGET[args.device_target], mode=args.mode)
     except Exception as err:  # no such device here: say so, fail
         print(f"cannot run on device_target {args.device_target}: {err}", file=sys.stderr)
         return 2
-    backends = (args.backends.split(",") if args.backends
-                else ["composed", NATIVE_BACKEND[args.device_target]])
+    backends = args.backends.split(",") if args.backends else DEFAULT_BACKENDS[args.device_target]
     for case in selected:
         rows += _run_case(case, args.device_target, backends)
 
@@ -343,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"device_target": args.device_target, "mode": args.mode, "backends": backends,
                "passed": sum(r.status == "PASS" for r in rows), "failed": len(failed),
                "skipped": sum(r.status == "SKIP" for r in rows)}
+    where = " (eve-ms on MindSpore CPU, PyTorch references and CUDA kernel on the GPU)" if (
+        args.device_target == "GPU") else ""
     print(f"\n{summary['passed']} passed, {summary['failed']} failed, {summary['skipped']} skipped "
-          f"on {args.device_target} ({args.mode})")
+          f"on {args.device_target} ({args.mode}){where}")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "rows": [dataclasses.asdict(r) for r in rows]},
                                               indent=2))

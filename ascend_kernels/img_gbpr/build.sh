@@ -7,9 +7,13 @@
 # operator sources (op_host/, op_kernel/) and the preset values (CMakePresets.json,
 # vendor "eve_ms") that are merged into the generated project.
 #
-# Usage: build.sh [--soc Ascend910B1] [--install-path DIR | --no-install] [--build-dir DIR]
-# Needs: ASCEND_HOME_PATH (source <CANN>/set_env.sh), msopgen, cmake >= 3.16, python3.
+# Usage: build.sh [--soc Ascend910B1] [--install-path DIR | --no-install] [--build-dir DIR] [--any-cann]
+# Needs: CANN 9.0.0 (the version MindSpore 2.9.0 / MindFormers 1.9.0 are released with; --any-cann
+# builds with another one at your own risk), ASCEND_HOME_PATH (source <CANN>/set_env.sh), msopgen,
+# cmake >= 3.16, python3.
 set -euo pipefail
+
+CANN_VERSION="9.0.0"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OP_TYPE="ImgGbprAllocation"
@@ -18,6 +22,7 @@ SOC="${SOC_VERSION:-Ascend910B1}"
 BUILD_DIR="$HERE/build_out"
 INSTALL_PATH=""
 INSTALL=1
+ANY_CANN=0
 
 die() {
     echo "img_gbpr/build.sh: $*" >&2
@@ -30,24 +35,34 @@ while [[ $# -gt 0 ]]; do
         --install-path) INSTALL_PATH="${2:?--install-path needs a value}"; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
         --build-dir) BUILD_DIR="${2:?--build-dir needs a value}"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --any-cann) ANY_CANN=1; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
 
 if [[ -z "${ASCEND_HOME_PATH:-}" ]]; then
-    die "ASCEND_HOME_PATH is not set: the Ascend CANN toolkit is required to build this operator.
-Install CANN (toolkit with the AscendC compiler and msopgen) and run
+    die "ASCEND_HOME_PATH is not set: the Ascend CANN toolkit (CANN $CANN_VERSION) is required to build this operator.
+Install CANN $CANN_VERSION (toolkit with the AscendC compiler and msopgen) and run
     source /usr/local/Ascend/ascend-toolkit/set_env.sh   # or <your CANN>/set_env.sh
 then rerun this script. Without Ascend hardware, use evf.kernel: composed (or the CPU/GPU kernels)."
 fi
 [[ -d "$ASCEND_HOME_PATH" ]] || die "ASCEND_HOME_PATH=$ASCEND_HOME_PATH is not a directory (CANN not installed there?)"
 
+# The installed version, as CANN records it (the file MindSpore's own custom-op build reads too).
+VERSION_INFO="$ASCEND_HOME_PATH/compiler/version.info"
+INSTALLED="$(sed -n 's/^Version=//p' "$VERSION_INFO" 2>/dev/null | head -n 1 || true)"
+if [[ "$INSTALLED" != "$CANN_VERSION" && "$ANY_CANN" -eq 0 ]]; then
+    die "this operator is written and checked for CANN $CANN_VERSION, but $VERSION_INFO says '${INSTALLED:-nothing}'.
+Install CANN $CANN_VERSION, or pass --any-cann to build with this one anyway."
+fi
+
 MSOPGEN="$(command -v msopgen || true)"
 if [[ -z "$MSOPGEN" && -x "$ASCEND_HOME_PATH/python/site-packages/bin/msopgen" ]]; then
     MSOPGEN="$ASCEND_HOME_PATH/python/site-packages/bin/msopgen"
 fi
-[[ -n "$MSOPGEN" ]] || die "msopgen not found on PATH nor in \$ASCEND_HOME_PATH/python/site-packages/bin (CANN toolkit incomplete?)"
+[[ -n "$MSOPGEN" ]] || die "msopgen not found on PATH nor in \$ASCEND_HOME_PATH/python/site-packages/bin \
+(CANN toolkit incomplete?)"
 command -v cmake >/dev/null || die "cmake (>= 3.16) not found"
 command -v python3 >/dev/null || die "python3 not found"
 

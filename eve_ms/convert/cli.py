@@ -7,6 +7,7 @@
     eve-ms convert moe-llava --src DIR --vision DIR --out DIR
                              an original Eve / MoE-LLaVA / LLaVA / MobileVLM checkpoint -> eve-ms checkpoint
     eve-ms convert to-hf-llm --src DIR --out DIR          the LLM of an eve-ms checkpoint -> Hugging Face Llama
+                                                          (PanGu-pi Pro: the Eve release's InternLM layout)
 
 Each prints a one-line JSON summary on success; a bad source prints one error line on stderr
 and exits with status 2.
@@ -23,7 +24,7 @@ EXIT_BAD_INPUT = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="conversion", metavar="CONVERSION", required=True)
 
-    p = sub.add_parser("hf-llm", help="Hugging Face Llama/Mistral/InternLM -> eve-ms LLM folder")
+    p = sub.add_parser("hf-llm", help="Hugging Face Llama/Mistral/InternLM (PanGu-pi Pro) -> eve-ms LLM folder")
     p.add_argument("--src", required=True, help="Hugging Face model folder")
     p.add_argument("--out", required=True, help="output folder")
 
@@ -64,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the source folder's)")
     p.add_argument("--out", required=True, help="output checkpoint folder")
 
-    p = sub.add_parser("to-hf-llm", help="LLM of an eve-ms checkpoint -> Hugging Face Llama folder")
+    p = sub.add_parser("to-hf-llm", help="LLM of an eve-ms checkpoint -> Hugging Face Llama folder "
+                                         "(the Eve release's InternLM layout for PanGu-pi Pro)")
     p.add_argument("--src", required=True, help="eve-ms checkpoint folder (or eve-ms LLM folder)")
     p.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, tokenizer)")
 

@@ -1,4 +1,4 @@
-"""Hugging Face Llama checkpoints <-> the eve-ms LLM (`eve_ms/models/llm.py`).
+"""Hugging Face Llama checkpoints and the Eve release's InternLM (PanGu-pi Pro) <-> the eve-ms LLM.
 
 `load_hf_llm(path)` reads a Hugging Face model directory (config.json plus safetensors, sharded
 safetensors or pytorch_model.bin), maps its config to `LLMConfig` and its tensors to the cell's
@@ -6,6 +6,14 @@ parameters through `hf_llm_name_table`; `export_hf_llm_state_dict(llm)` goes the
 eve-ms parameter names are Hugging Face's, and nn.Dense stores weights [out, in] like torch's
 Linear, so the table is one to one and nothing is transposed. Checks are strict: a missing tensor,
 a tensor of the wrong shape and an unexpected tensor are errors that name the tensor.
+
+model_type `internlm` is the format of the Eve release's LLM (`InternLMForCausalLM.save_pretrained`
+of its `zhizi` code): Llama's tensor names, q/k/v biases when `bias` is true and none on o_proj
+(loaded as `attention_bias` with a zero o_proj bias, the same function), and, at the depths the
+release's split rule knows (`LLMConfig.RELEASE_LAYER_SPLITS`), PanGu-pi Pro's layers: below the
+split the series FFN (`mlp.gate_proj2`), from it on a SwiGLU FFN and the attention-output shortcut
+`attn_linear.0` / `attn_linear.2` (Linear(H, 128) -> FastGeLU -> Linear(128, H)). At other depths
+the release's code cannot build a model; such a file is read as upstream InternLM (all layers plain).
 """
 from __future__ import annotations
 
@@ -20,23 +28,37 @@ from eve_ms.config import ConfigError, LLMConfig
 from eve_ms.convert.weights import CheckpointError, load_state_dict
 from eve_ms.models.llm import LLM
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+INTERNLM_TYPES = ("internlm",)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral") + INTERNLM_TYPES
 # Tensors some checkpoints carry that hold no weights of the model (recomputed from the config).
 HARMLESS_EXTRA_TENSORS = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")
+# The Eve release's attention-output shortcut: `nn.Sequential(Linear(H, 128), FastGELU, Linear(128, H))`.
+RELEASE_ATTN_SHORTCUT = dict(attn_shortcut_width=128, attn_shortcut_act="fast_gelu")
+RELEASE_PANGU_LAYOUT = dict(ffn_below_split="series", ffn_from_split="swiglu", **RELEASE_ATTN_SHORTCUT)
 
-_LAYER_TENSORS = (
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-)
+_ATTENTION_TENSORS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_FFN_TENSORS = {
+    "swiglu": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    "series": ("mlp.gate_proj", "mlp.gate_proj2", "mlp.up_proj", "mlp.down_proj"),
+}
+# the release's `attn_linear` Sequential indices -> our AttentionShortcut's linear layers
+_SHORTCUT_TENSORS = {"attn_linear.0.weight": "attn_linear.in_proj.weight",
+                     "attn_linear.2.weight": "attn_linear.out_proj.weight"}
 
 
 def llm_config_from_hf(hf: dict, source: str = "config.json") -> LLMConfig:
-    """`LLMConfig` from a Hugging Face Llama-architecture config dict (model_type llama or mistral).
+    """`LLMConfig` from a Hugging Face config dict (model_type llama, mistral, or the release's internlm).
 
     pad_token_id None becomes 0 (padding positions are masked, their id is never read);
     a list of eos_token_id keeps its first entry.
     """
     model_type = hf.get("model_type")
+    layout = {}
+    if model_type in INTERNLM_TYPES:
+        if hf.get("num_hidden_layers") in LLMConfig.RELEASE_LAYER_SPLITS:
+            layout = RELEASE_PANGU_LAYOUT
+        hf = dict(hf, model_type="llama", attention_bias=bool(hf.get("bias", True)))  # InternLMConfig's default
+        model_type = "llama"
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(
             f"{source}: unsupported model_type {model_type!r} (architectures {hf.get('architectures')}); "
@@ -82,6 +104,7 @@ def llm_config_from_hf(hf: dict, source: str = "config.json") -> LLMConfig:
         pad_token_id=token_id("pad_token_id", 0),
         bos_token_id=token_id("bos_token_id", 1),
         eos_token_id=token_id("eos_token_id", 2),
+        **layout,
     )
     if config.head_dim == config.hidden_size // config.num_heads:
         config.head_dim = None  # the implied value; keeps yaml files minimal
@@ -104,17 +127,18 @@ def hf_llm_name_table(config: LLMConfig) -> dict[str, str]:
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     if not config.tie_word_embeddings:
         names.append("lm_head.weight")
+    table = {}
     for i in range(config.num_layers):
         prefix = f"model.layers.{i}."
-        for linear in _LAYER_TENSORS:
+        for linear in _ATTENTION_TENSORS + _FFN_TENSORS[config.ffn_kind(i)]:
             names.append(f"{prefix}{linear}.weight")
             has_bias = config.attention_bias if linear.startswith("self_attn") else config.mlp_bias
             if has_bias:
                 names.append(f"{prefix}{linear}.bias")
         names += [f"{prefix}input_layernorm.weight", f"{prefix}post_attention_layernorm.weight"]
-        if i in config.augmented_shortcut_layers:
-            names.append(f"{prefix}augmented_shortcut.weight")  # PanGu-pi checkpoints only
-    return {name: name for name in names}
+        if config.attn_shortcut_width_of(i):
+            table.update({prefix + hf: prefix + ours for hf, ours in _SHORTCUT_TENSORS.items()})
+    return {**{name: name for name in names}, **table}
 
 
 def load_hf_llm_weights(llm: LLM, state: dict[str, np.ndarray], source: str = "checkpoint") -> None:
@@ -157,17 +181,31 @@ def load_hf_llm(path: str | os.PathLike, dtype=ms.float32, **overrides) -> LLM:
     `dtype` is the parameters' dtype (float32 on CPU; float16/bfloat16 on devices that run them).
     """
     path = os.fspath(path)
-    config = llm_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"))
+    hf = read_hf_config(path)
+    config = llm_config_from_hf(hf, os.path.join(path, "config.json"))
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise ConfigError(f"load_hf_llm: unknown LLMConfig field {key!r} in overrides")
         setattr(config, key, value)
     llm = LLM(config)
-    load_hf_llm_weights(llm, load_state_dict(path), path)
+    state = load_state_dict(path)
+    if hf.get("model_type") in INTERNLM_TYPES:
+        state = with_internlm_o_proj_bias(state, config)
+    load_hf_llm_weights(llm, state, path)
     if dtype != ms.float32:
         for param in llm.get_parameters():
             param.set_dtype(dtype)
     return llm
+
+
+def with_internlm_o_proj_bias(state: dict, config: LLMConfig) -> dict:
+    """InternLM has q/k/v biases but none on o_proj: add the zero o_proj biases `attention_bias` expects."""
+    state = dict(state)
+    for i in range(config.num_layers):
+        name = f"model.layers.{i}.self_attn.o_proj.bias"
+        if config.attention_bias and name not in state:
+            state[name] = np.zeros(config.hidden_size, np.float32)
+    return state
 
 
 def export_hf_llm_state_dict(llm: LLM) -> dict[str, np.ndarray]:

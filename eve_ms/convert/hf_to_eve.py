@@ -13,9 +13,8 @@ checkpoint directory (`eve_ms.checkpoint_dir`) with the converted vision tower a
 randomly initialised adapter (seeded) and EVF disabled. Its LLM and vision inputs may each be
 a Hugging Face folder or a component folder.
 
-LLM sources: model_type llama and mistral (`eve_ms/convert/hf_llm.py`), and InternLM (v1):
-Llama's tensor names with a q/k/v bias (config `bias`) and none on o_proj, which loads as
-`attention_bias: true` with a zero o_proj bias, the same function.
+LLM sources: model_type llama, mistral and internlm (the Eve release's PanGu-pi Pro LLM, or
+upstream InternLM v1), all read by `eve_ms/convert/hf_llm.py`.
 """
 from __future__ import annotations
 
@@ -23,11 +22,11 @@ import dataclasses
 import os
 
 import mindspore as ms
-import numpy as np
 import yaml
 
 from eve_ms.config import AdapterConfig, ConfigError, EveConfig, EVFConfig, LLMConfig, VisionConfig, from_dict
-from eve_ms.convert.hf_llm import llm_config_from_hf, load_hf_llm_weights, read_hf_config
+from eve_ms.convert.hf_llm import (INTERNLM_TYPES, llm_config_from_hf, load_hf_llm_weights, read_hf_config,
+                                   with_internlm_o_proj_bias)
 from eve_ms.convert.weights import load_state_dict
 
 WEIGHTS_FILE = "model.safetensors"
@@ -35,27 +34,14 @@ LLM_CONFIG_FILE = "llm_config.yaml"
 VISION_CONFIG_FILE = "vision_config.yaml"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-INTERNLM_TYPES = ("internlm",)
 
 
 # --------------------------------------------------------------------------- LLM
 
 
 def llm_config_from_any(hf: dict, source: str = "config.json") -> LLMConfig:
-    """`LLMConfig` of a Llama, Mistral or InternLM (v1) config dict."""
-    if hf.get("model_type") in INTERNLM_TYPES:
-        hf = dict(hf, model_type="llama", attention_bias=bool(hf.get("bias", True)))
+    """`LLMConfig` of a Llama, Mistral or InternLM config dict (`hf_llm.llm_config_from_hf`)."""
     return llm_config_from_hf(hf, source)
-
-
-def with_internlm_o_proj_bias(state: dict, config: LLMConfig) -> dict:
-    """InternLM has q/k/v biases but none on o_proj: add the zero o_proj biases `attention_bias` expects."""
-    state = dict(state)
-    for i in range(config.num_layers):
-        name = f"model.layers.{i}.self_attn.o_proj.bias"
-        if config.attention_bias and name not in state:
-            state[name] = np.zeros(config.hidden_size, np.float32)
-    return state
 
 
 def _write_yaml(data: dict, path: str) -> None:

@@ -14,6 +14,13 @@ Our cells mirror Hugging Face's module paths, so a tensor's name is the cell's p
 name plus the checkpoint's prefix, with MindSpore's leaf names renamed (`LEAF_NAMES`); no
 tensor needs a transpose (nn.Dense and nn.Conv2d store weights in torch's layout).
 
+The Eve release's SigLIP tower is DeepSeek-VL's timm-style ViT (`siglip_vit.py`,
+`siglip_large_patch16_384`), whose tensors `timm_siglip_to_hf` renames to Hugging Face's (and
+`hf_siglip_to_timm` back): its fused `attn.qkv` is split into q/k/v, `pos_embed` [1, N, C] loses
+its batch axis, and its final `norm` is Hugging Face's `post_layernorm` (both are big_vision's
+`Transformer/encoder_norm` in the ports of timm's `_load_weights` and transformers'
+`convert_siglip_to_hf`). Its unused `attn_pool` head is dropped, as Hugging Face's `head` is.
+
 `select_layer` (Hugging Face `hidden_states` indexing) defaults to None = the backbone's
 default: -2 (second-to-last layer) for SigLIP/CLIP, -1 (last stage) for ResNet. Tensors
 the encoder does not build (layers after the selected one, a post-layernorm not applied,
@@ -197,6 +204,81 @@ def load_encoder_weights(encoder, state: dict, config: VisionConfig, dtype=ms.fl
     if problems:
         raise CheckpointError(f"{where}: " + "; ".join(problems))
     return encoder
+
+
+# timm (DeepSeek-VL / Eve release) SigLIP name -> Hugging Face `SiglipVisionModel` name, by pattern
+_TIMM_SIGLIP_NAMES = (
+    (re.compile(r"^patch_embed\.proj\.(weight|bias)$"), r"vision_model.embeddings.patch_embedding.\1"),
+    (re.compile(r"^blocks\.(\d+)\.norm([12])\.(weight|bias)$"), r"vision_model.encoder.layers.\1.layer_norm\2.\3"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.proj\.(weight|bias)$"),
+     r"vision_model.encoder.layers.\1.self_attn.out_proj.\2"),
+    (re.compile(r"^blocks\.(\d+)\.mlp\.fc([12])\.(weight|bias)$"), r"vision_model.encoder.layers.\1.mlp.fc\2.\3"),
+    (re.compile(r"^norm\.(weight|bias)$"), r"vision_model.post_layernorm.\1"),
+)
+_TIMM_QKV = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_TIMM_POS_EMBED = "pos_embed"
+_HF_POS_EMBED = "vision_model.embeddings.position_embedding.weight"
+_TIMM_UNUSED = re.compile(r"^attn_pool\.")  # the MAP head: built by the release, never run (ignore_head)
+
+
+def timm_siglip_to_hf(state: dict, where: str = "checkpoint") -> dict:
+    """timm-style SigLIP tensors (names below the tower's prefix) -> Hugging Face `vision_model.*` tensors."""
+    out, unknown = {}, []
+    for name, value in state.items():
+        value = np.asarray(value)
+        qkv = _TIMM_QKV.match(name)
+        if qkv:
+            layer, leaf = qkv.groups()
+            for part, chunk in zip(("q_proj", "k_proj", "v_proj"), np.split(value, 3, axis=0)):
+                out[f"vision_model.encoder.layers.{layer}.self_attn.{part}.{leaf}"] = chunk
+        elif name == _TIMM_POS_EMBED:
+            out[_HF_POS_EMBED] = value.reshape(value.shape[-2], value.shape[-1])
+        elif _TIMM_UNUSED.match(name):
+            continue
+        else:
+            for pattern, replacement in _TIMM_SIGLIP_NAMES:
+                if pattern.match(name):
+                    out[pattern.sub(replacement, name)] = value
+                    break
+            else:
+                unknown.append(name)
+    if unknown:
+        raise CheckpointError(f"{where}: tensors a timm-style SigLIP tower does not have: {_listing(unknown)}")
+    return out
+
+
+def hf_siglip_to_timm(state: dict) -> dict:
+    """Hugging Face `vision_model.*` SigLIP tensors -> timm-style names (q/k/v fused): `timm_siglip_to_hf`'s inverse."""
+    out, qkv = {}, {}
+    for name, value in state.items():
+        value = np.asarray(value)
+        if name == _HF_POS_EMBED:
+            out[_TIMM_POS_EMBED] = value[None]
+            continue
+        match = re.match(r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", name)
+        if match:
+            qkv.setdefault((match.group(1), match.group(3)), {})[match.group(2)] = value
+            continue
+        out[_hf_to_timm_name(name)] = value
+    for (layer, leaf), parts in qkv.items():
+        out[f"blocks.{layer}.attn.qkv.{leaf}"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+    return out
+
+
+_HF_SIGLIP_TO_TIMM = (
+    (re.compile(r"^vision_model\.embeddings\.patch_embedding\."), "patch_embed.proj."),
+    (re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm([12])\."), r"blocks.\1.norm\2."),
+    (re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\."), r"blocks.\1.attn.proj."),
+    (re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.fc([12])\."), r"blocks.\1.mlp.fc\2."),
+    (re.compile(r"^vision_model\.post_layernorm\."), "norm."),
+)
+
+
+def _hf_to_timm_name(name: str) -> str:
+    for pattern, replacement in _HF_SIGLIP_TO_TIMM:
+        if pattern.match(name):
+            return pattern.sub(replacement, name)
+    raise CheckpointError(f"no timm-style SigLIP name for {name!r}")
 
 
 def _listing(items: list, limit: int = 8) -> str:

@@ -20,11 +20,15 @@ and execution mode the harness has set.
 
 torch and transformers are imported inside the cases only: importing this module costs
 nothing, and a machine without them gets SKIP rows (each case lists its `requires`).
+With device_target GPU the PyTorch references run on CUDA (TF32 off, so float32 means float32)
+while the eve-ms cells run on MindSpore's CPU backend: MindSpore 2.9 has no GPU backend.
 `ModelParityCase.tamper`, when set, is applied to the converted eve-ms cell before it runs;
 the tests use it to check that a corrupted weight makes a case fail.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import tempfile
@@ -34,6 +38,37 @@ import numpy as np
 
 FP32_TOLERANCE = 1e-4
 REQUIRES = ("torch", "transformers")
+_TORCH_DEVICE = contextvars.ContextVar("eve_ms_parity_torch_device", default="cpu")
+
+
+def reference_device(device_target: str) -> str:
+    """Where the PyTorch references run for a harness device target: cuda for GPU, else cpu."""
+    return "cuda" if device_target.upper() == "GPU" else "cpu"
+
+
+@contextlib.contextmanager
+def _references_on(device: str):
+    """Run the PyTorch references of the enclosed cases on `device`; on CUDA with TF32 disabled."""
+    token = _TORCH_DEVICE.set(device)
+    saved = None
+    if device == "cuda":
+        import torch
+
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        _TORCH_DEVICE.reset(token)
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _device():
+    import torch
+
+    return torch.device(_TORCH_DEVICE.get())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +88,11 @@ class ModelParityCase:
 
     def run(self, device_target: str):
         rows = []
-        for what, got, expected in self.compare(self.tamper):
+        device = reference_device(device_target)
+        with _references_on(device):
+            triples = self.compare(self.tamper)
+        where = "" if device == "cpu" else f" on {device}"
+        for what, got, expected in triples:
             got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
             if got.shape != expected.shape:
                 rows.append(("mindspore", float("inf"), self.tolerance,
@@ -62,7 +101,7 @@ class ModelParityCase:
             error = float(np.abs(got - expected).max(initial=0.0))
             if not np.isfinite(got).all():
                 error = float("nan")
-            rows.append(("mindspore", error, self.tolerance, f"{what} {list(got.shape)} vs {self.reference}"))
+            rows.append(("mindspore", error, self.tolerance, f"{what} {list(got.shape)} vs {self.reference}{where}"))
         return rows
 
 
@@ -117,9 +156,12 @@ def _padded_batch(seed: int, batch: int = 2, length: int = 24, pad: int = 5):
 def _hf_logits(model, ids, mask, positions):
     import torch
 
+    device = _device()
     with torch.no_grad():
-        return model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                     position_ids=torch.as_tensor(positions, dtype=torch.long)).logits.numpy()
+        return model.to(device)(input_ids=torch.as_tensor(ids, dtype=torch.long, device=device),
+                                attention_mask=torch.as_tensor(mask, device=device),
+                                position_ids=torch.as_tensor(positions, dtype=torch.long, device=device)
+                                ).logits.cpu().numpy()
 
 
 def _llama_logits(**overrides):
@@ -221,8 +263,8 @@ def _vision(backbone: str, select_layer: int):
             encoder = _apply(tamper, load_hf_vision(directory, select_layer=select_layer, image_size=size))
         pixels = np.random.default_rng(4).standard_normal((2, 3, size, size)).astype(np.float32)
         with torch.no_grad():
-            state = model(pixel_values=torch.from_numpy(pixels), output_hidden_states=True)
-        expected = state.hidden_states[select_layer].numpy()
+            state = model.to(_device())(pixel_values=torch.from_numpy(pixels).to(_device()), output_hidden_states=True)
+        expected = state.hidden_states[select_layer].cpu().numpy()
         if expected.ndim == 4:  # resnet map [B, C, h, w] -> row-major tokens [B, h*w, C]
             expected = expected.reshape(expected.shape[0], expected.shape[1], -1).transpose(0, 2, 1)
         elif backbone == "clip":
@@ -334,7 +376,7 @@ def _adapter(adapter_type: str, grid: int):
         _apply(tamper, ours)
         x = np.random.default_rng(6).standard_normal((2, grid * grid, in_dim)).astype(np.float32)
         with torch.no_grad():
-            expected = ref(torch.from_numpy(x)).numpy()
+            expected = ref.to(_device())(torch.from_numpy(x).to(_device())).cpu().numpy()
         return [("image tokens", ours(ms.Tensor(x)).asnumpy(), expected)]
 
     return compare
@@ -378,7 +420,7 @@ def _evf(mode: str):
         noise = rng.random((2, 12)).astype(np.float32)
         y, _, _ = layer(ms.Tensor(x), ms.Tensor(is_image), ms.Tensor(valid), ms.Tensor(noise))
         with torch.no_grad():
-            expected = mlp(torch.from_numpy(x)).numpy()
+            expected = mlp.to(_device())(torch.from_numpy(x).to(_device())).cpu().numpy()
         return [(f"{mode} output", y.asnumpy(), expected)]
 
     return compare

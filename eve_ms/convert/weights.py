@@ -1,28 +1,26 @@
 """Read checkpoint tensors into numpy without torch: safetensors (sharded too) and pytorch_model.bin.
 
 Hugging Face directories hold `model.safetensors`, `model.safetensors.index.json` with shards,
-`pytorch_model.bin` or `pytorch_model.bin.index.json`. The package never imports torch, so `.bin`
-files (torch's zip format) are read with a restricted unpickler that only rebuilds tensors. bf16 is
-widened to float32 because numpy has no bf16.
+`pytorch_model.bin` or `pytorch_model.bin.index.json`. safetensors files are read by the
+`safetensors` library's numpy API; numpy's bfloat16 comes from `ml_dtypes`. The package never
+imports torch, so `.bin` files (torch's zip format) are read with a restricted unpickler that only
+rebuilds tensors: unpickling anything else would run code the file names. bf16 is widened to
+float32 (exactly) because the converters compute in float32.
 """
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import struct
 import zipfile
 from collections import OrderedDict
 
+import ml_dtypes  # registers numpy's "bfloat16", the dtype safetensors' numpy API returns BF16 tensors in
 import numpy as np
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bf16",
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
 _TORCH_STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": "bf16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
 
@@ -31,39 +29,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not match what is expected."""
 
 
-def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-def _decode(buffer: bytes | memoryview, dtype, shape) -> np.ndarray:
-    if dtype == "bf16":
-        return _bf16_to_f32(np.frombuffer(buffer, dtype="<u2")).reshape(shape)
-    return np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).copy()
+def _widen(array: np.ndarray, path: str, name: str) -> np.ndarray:
+    """bf16 as float32; other numpy-native dtypes as they are; anything else (float8 ...) an error."""
+    if array.dtype == ml_dtypes.bfloat16:
+        return array.astype(np.float32)
+    if array.dtype.kind not in "biufc":
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {array.dtype}")
+    return array
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of one .safetensors file."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-        (header_len,) = struct.unpack("<Q", head)
-        try:
-            header = json.loads(fh.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path}: corrupt safetensors header: {err}") from err
-        data = fh.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        if end > len(data):
-            raise CheckpointError(f"{path}: tensor {name!r} extends past the end of the file (truncated?)")
-        out[name] = _decode(memoryview(data)[begin:end], _SAFETENSORS_DTYPES[info["dtype"]], info["shape"])
-    return out
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as fh:
+            return {name: _widen(fh.get_tensor(name), path, name) for name in fh.keys()}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file: {err}") from err
 
 
 class _StorageRef:
@@ -97,17 +80,15 @@ class _TensorUnpickler(pickle.Unpickler):
 
     def _rebuild_tensor(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
         raw = self.archive.read(f"{self.prefix}/data/{storage.key}")
-        if storage.dtype == "bf16":
-            flat = _bf16_to_f32(np.frombuffer(raw, dtype="<u2"))
-        else:
-            flat = np.frombuffer(raw, dtype=np.dtype(storage.dtype).newbyteorder("<"))
+        flat = np.frombuffer(raw, dtype=np.dtype(storage.dtype).newbyteorder("<"))
         itemsize = flat.itemsize
         if not size:
-            return flat[offset:offset + 1].reshape(()).copy()
-        view = np.lib.stride_tricks.as_strided(
-            flat[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
-        )
-        return np.array(view)
+            tensor = flat[offset:offset + 1].reshape(())
+        else:
+            tensor = np.lib.stride_tricks.as_strided(
+                flat[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+            )
+        return np.array(_widen(tensor, self.path, storage.key))  # a copy: the archive's buffer is not kept
 
 
 def read_torch_bin(path: str) -> dict[str, np.ndarray]:

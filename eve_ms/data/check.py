@@ -85,6 +85,39 @@ def _init_worker(encoder: SampleEncoder, decode: bool) -> None:
     _encoder, _decode = encoder, decode
 
 
+class RecordChecker:
+    """The per-record checks of `eve-ms data check`, for another command (`eve-ms data mix`) to reuse.
+
+    `checker(items)` checks a list of RawRecords and returns, in order, (name, has_image, token
+    length or -1, notes, (reason, message) or None) per record; with `workers` > 1 in forked
+    processes. Use as a context manager (it closes the processes).
+    """
+
+    def __init__(self, encoder: SampleEncoder, decode_images: bool = True, workers: int = 1):
+        self.encoder, self.decode_images = encoder, decode_images
+        self.pool = None
+        if workers > 1:
+            self.pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, (encoder, decode_images))
+
+    def __call__(self, items: list) -> list:
+        if self.pool is not None:
+            return self.pool.map(_check_one, items, chunksize=32)
+        _init_worker(self.encoder, self.decode_images)  # the module's encoder may be another caller's
+        return [_check_one(item) for item in items]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+    def __enter__(self) -> "RecordChecker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def check_dataset(
     path: str,
     encoder: SampleEncoder,
@@ -151,6 +184,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes decoding images")
     p.add_argument("--max-ids", type=int, default=10, help="sample ids listed per problem")
     p.add_argument("-v", "--verbose", action="store_true", help="print every problem with its detail")
+    from eve_ms.data import mix  # `eve-ms data mix` runs eve_ms.data.mix (which imports this module)
+
+    mix.add_arguments(actions.add_parser("mix", help="one LLaVA-format JSONL drawn from several sources by a recipe"))
 
 
 def run(args) -> int:

@@ -25,8 +25,8 @@ class Question:
     raw text the prompt builder needs (question, options, hint, ...). `group` is the unit
     that `--limit` keeps whole and that some scorers judge together (an MME image with
     its two questions, an MMBench question with its rotations); None means the question
-    alone. `choices` are the continuations scored by log-likelihood (language multiple
-    choice); empty for generated answers.
+    alone. Multiple-choice questions keep their record under `fields` and get their candidate
+    texts from their benchmark (`Benchmark.candidates`).
     """
 
     id: str
@@ -35,7 +35,6 @@ class Question:
     image: str | None = None  # path of the image file
     image_b64: str | None = None  # base64-encoded image, for formats that embed images (MMBench)
     group: str | None = None
-    choices: tuple[str, ...] = ()
 
     @property
     def unit(self) -> str:

@@ -1,22 +1,35 @@
 """`eve-ms eval`: evaluate a checkpoint on one benchmark, resumably, into an output folder.
 
-Writes `<output>/<benchmark>_answers.jsonl` (appended as answers come; rerunning the same
-command resumes) and `<output>/<benchmark>_results.json`. The model is reached through
-`load_predictor`, which imports the inference module only when a run needs it.
+Writes `<output>/<benchmark>_answers.jsonl` (its first line records what produced it; answers are
+appended as they come, and rerunning the same command resumes) and `<output>/<benchmark>_results.json`.
+MindSpore's context is set up as `eve-ms chat` sets it (device target, execution mode, threads).
+The defaults are the paper's protocol: the `v1` template (`CONV_MODE=v1` in the Eve release's
+`scripts/v1/zhizi/test_eve.sh`), float16 compute (the dtype LLaVA, MoE-LLaVA, the Eve release and
+OpenCompass's HF models evaluate in), each benchmark's generation budget and shots
+(`eve_ms.eval.registry`) and ppl choice scoring. The model is reached through `load_predictor`,
+which imports the inference module only when a run needs it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import sys
 
+from eve_ms.eval.choice import SCORINGS
+from eve_ms.eval.provenance import file_sha256
 from eve_ms.eval.registry import BENCHMARKS
 from eve_ms.eval.runner import evaluate
+from eve_ms.training.config import COMPUTE_DTYPES
+
+PROTOCOL_COMPUTE_DTYPE = "float16"
+GRAPH_LENGTH_BUCKET = 64  # as `eve-ms chat`: graph mode compiles one graph per padded length
 
 
 def load_predictor(checkpoint_dir: str, **kw):
-    """The model behind `predict`/`loglik`, from `eve_ms.inference.predictor.build_predictor`."""
+    """The model behind `predict`/`ppl`/`loglik`, from `eve_ms.inference.predictor.build_predictor`."""
     try:
         module = importlib.import_module("eve_ms.inference.predictor")
     except ModuleNotFoundError as err:
@@ -27,25 +40,67 @@ def load_predictor(checkpoint_dir: str, **kw):
     return module.build_predictor(checkpoint_dir, **kw)
 
 
+def model_provenance(checkpoint_dir: str, template: str, compute_dtype: str) -> dict:
+    """The checkpoint as an answers file records it: its path, the SHA-256 of its weights, how it runs."""
+    from eve_ms.checkpoint_dir import WEIGHTS_FILE
+
+    weights = os.path.join(checkpoint_dir, WEIGHTS_FILE)
+    return {"checkpoint": os.path.abspath(checkpoint_dir),
+            "weights_sha256": file_sha256(weights) if os.path.exists(weights) else None,
+            "template": template, "compute_dtype": compute_dtype}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from eve_ms.data.templates import TEMPLATES
+
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="benchmark to run")
     parser.add_argument("--data", required=True, help="benchmark file or folder in its released format")
     parser.add_argument("--image-folder", default=None, help="folder the benchmark's image paths are relative to")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint folder")
     parser.add_argument("--output", required=True, help="folder for the answers JSONL and the results JSON")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the answers file over instead of resuming it")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per model call")
+    parser.add_argument("--template", default="v1", choices=sorted(TEMPLATES),
+                        help="conversation template of the VLM benchmarks (default v1, the Eve release's)")
+    parser.add_argument("--compute-dtype", default=PROTOCOL_COMPUTE_DTYPE, choices=COMPUTE_DTYPES,
+                        help="dtype the model computes in (default float16, the protocol's)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="longest generated answer (default: the benchmark's protocol, 128 / 1024 / 100)")
+    parser.add_argument("--shots", type=int, default=None,
+                        help="in-context examples of MMLU / C-Eval / CMMLU (default: the protocol's 5)")
+    parser.add_argument("--choice-scoring", default="ppl", choices=SCORINGS,
+                        help="multiple choice: ppl (mean loss of the whole text, the protocol) or loglik "
+                             "(summed log-likelihood of the answer)")
+    parser.add_argument("--device-target", default=None,
+                        help="CPU | GPU | Ascend (default: $EVE_DEVICE_TARGET, else CPU)")
+    parser.add_argument("--exec-mode", default="pynative", choices=["pynative", "graph"],
+                        help="MindSpore execution mode (graph compiles each new shape once)")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="CPU runtime threads (default: the cores, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    predictor = load_predictor(args.checkpoint, batch_size=args.batch_size)
-    result = evaluate(
-        args.benchmark, args.data, args.image_folder, predictor,
-        answers_jsonl=os.path.join(args.output, f"{args.benchmark}_answers.jsonl"),
-        limit=args.limit, batch_size=args.batch_size,
-        results_json=os.path.join(args.output, f"{args.benchmark}_results.json"),
-        progress=not args.no_progress,
-    )
-    print(json.dumps({"benchmark": result["benchmark"], "questions": result["questions"], "score": result["score"]}))
+    from eve_ms.runtime import setup_context
+
+    # libraries that log to stdout while they load log to stderr: stdout carries the result line only
+    with contextlib.redirect_stdout(sys.stderr):
+        setup_context(args.device_target, args.exec_mode, args.num_threads)
+        bucket = {"length_bucket": GRAPH_LENGTH_BUCKET} if args.exec_mode == "graph" else {}
+        predictor = load_predictor(args.checkpoint, batch_size=args.batch_size, template=args.template,
+                                   compute_dtype=args.compute_dtype, **bucket)
+        result = evaluate(
+            args.benchmark, args.data, args.image_folder, predictor,
+            answers_jsonl=os.path.join(args.output, f"{args.benchmark}_answers.jsonl"),
+            model=model_provenance(args.checkpoint, args.template, args.compute_dtype),
+            max_new_tokens=args.max_new_tokens, shots=args.shots, scoring=args.choice_scoring,
+            overwrite=args.overwrite, limit=args.limit, batch_size=args.batch_size,
+            results_json=os.path.join(args.output, f"{args.benchmark}_results.json"),
+            progress=not args.no_progress,
+        )
+    summary = {"benchmark": result["benchmark"], "questions": result["questions"], "score": result["score"]}
+    summary.update({k: result["metrics"][k] for k in ("truncated", "shots_reduced") if k in result["metrics"]})
+    print(json.dumps(summary))
     return 0

@@ -1,15 +1,23 @@
-"""The model behind `eve-ms eval`: `predict` answers questions, `loglik` scores language continuations.
+"""The model behind `eve-ms eval`: `predict` answers questions, `ppl` and `loglik` score language texts.
 
-Contract (eve_ms/eval/runner.py): `predict(items) -> list[str]`, an item being a dict with
-"id", "prompt" (the user turn, without template or image placeholder), "image" (None, a file
-path or a PIL image) and "max_new_tokens"; `loglik(contexts, continuations) -> list[float]`,
-the summed log-probability of each continuation given its context, plain text through the
-language-only path.
+Contract (eve_ms/eval/ask.py): `predict(items) -> list[str]`, an item being a dict with "id",
+"prompt" (the user turn, without template or image placeholder), "image" (None, a file path or
+a PIL image), "max_new_tokens" and optionally "chat" and "truncate"; `ppl(texts)` and
+`loglik(contexts, continuations) -> list[float]` through the language-only path; `max_length`,
+`num_tokens(text)` and `prompt_length(item)` let the runner fit prompts to the context.
 
-predict: the prompt becomes one human turn of the `v1` template (with the image at its start
-when there is one) and is answered greedily, stopping at eos; the answer is stripped of
-surrounding white space. A prompt too long for `max_new_tokens` more tokens gets fewer new
-tokens (at least one) rather than failing the run.
+predict: with "chat" (the default) the prompt becomes one human turn of the conversation
+template (`template`, `v1` by default, with the image at its start when there is one); without
+it the prompt is plain text after bos, as a base LM is asked (XSum). It is answered greedily,
+stopping at eos; the answer is stripped of surrounding white space. With "truncate", a plain
+prompt too long for the context and `max_new_tokens` keeps bos and its last tokens (OpenCompass's
+HF models tokenize with `truncation_side='left'` and `max_length = max_seq_len - max_out_len`);
+otherwise a prompt too long for `max_new_tokens` more tokens gets fewer new tokens (at least one)
+rather than failing the run.
+
+ppl: OpenCompass's perplexity score of each text (`inference.scoring.sequence_mean_losses`) over
+bos and the text's tokens; a text longer than the context keeps bos and its last tokens (the same
+left truncation).
 
 loglik: the context is tokenized with bos in front; the continuation's tokens are those that
 the tokenization of context + continuation adds after the context's (the context's trailing
@@ -25,11 +33,12 @@ from eve_ms.data.templates import Turn
 from eve_ms.inference.generate import Generator
 from eve_ms.inference.inputs import chat_prompt_ids, image_processor_for, load_pixels
 from eve_ms.inference.sampling import GenerationConfig
-from eve_ms.inference.scoring import TokenLogProbs, continuation_logliks
+from eve_ms.inference.scoring import TokenLogProbs, continuation_logliks, sequence_mean_losses
+from eve_ms.training.config import COMPUTE_DTYPES
 
 
 class EvePredictor:
-    """`predict` / `loglik` over a loaded model and its tokenizer (see the module docstring)."""
+    """`predict` / `ppl` / `loglik` over a loaded model and its tokenizer (see the module docstring)."""
 
     def __init__(self, model, config, tokenizer, *, batch_size: int = 8, template: str = "v1",
                  length_bucket: int = 16, image_aspect_ratio: str = "pad", add_bos: bool = True):
@@ -45,11 +54,49 @@ class EvePredictor:
         self.processor = image_processor_for(config, image_aspect_ratio)
         self._scorers: dict = {}
 
+    @property
+    def max_length(self) -> int:
+        return self.config.llm.max_position_embeddings
+
+    def plain_ids(self, text: str) -> list[int]:
+        """bos and the text's tokens: what a base LM is given (OpenCompass's `tokenizer(text)`)."""
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if self.add_bos and bos is not None else []) + self._encode(text)
+
+    def num_tokens(self, text: str) -> int:
+        return len(self.plain_ids(text))
+
+    def _keep_last(self, ids: list[int], limit: int) -> list[int]:
+        """At most `limit` tokens: a leading bos and the last ones (a tokenizer's left truncation)."""
+        if len(ids) <= limit:
+            return list(ids)
+        bos = self.tokenizer.bos_token_id
+        head = [ids[0]] if self.add_bos and bos is not None and ids[0] == bos else []
+        if limit <= len(head):
+            raise ValueError(f"no room for any token of the text within {limit} tokens")
+        return head + list(ids[len(ids) - (limit - len(head)):])
+
     # ------------------------------------------------------------------ generation
 
     def prompt_ids(self, prompt: str, has_image: bool):
         return chat_prompt_ids(self.tokenizer, self.config, [Turn("human", prompt, has_image)], self.template,
                                self.add_bos)
+
+    def prompt_length(self, item: dict) -> int:
+        """Tokens of the item's prompt before any truncation."""
+        if item.get("chat", True):
+            return len(self.prompt_ids(item["prompt"], item.get("image") is not None))
+        return len(self.plain_ids(item["prompt"]))
+
+    def _item_ids(self, item: dict, has_image: bool):
+        if item.get("chat", True):
+            return self.prompt_ids(item["prompt"], has_image)
+        if has_image:
+            raise ValueError(f"question {item.get('id')!r}: a plain-text prompt (chat=False) cannot carry an image")
+        ids = self.plain_ids(item["prompt"])
+        if item.get("truncate"):
+            ids = self._keep_last(ids, self.max_length - int(item.get("max_new_tokens") or 64))
+        return ids
 
     def predict(self, items: list[dict]) -> list[str]:
         answers = []
@@ -58,7 +105,7 @@ class EvePredictor:
             prompts, pixels, limits = [], [], []
             for item in batch:
                 image = load_pixels(self.processor, item.get("image"))
-                ids = self.prompt_ids(item["prompt"], image is not None)
+                ids = self._item_ids(item, image is not None)
                 prompts.append(ids)
                 pixels.append(image)
                 limits.append(self._fit_limit(item, len(ids)))
@@ -98,24 +145,51 @@ class EvePredictor:
             context_ids = [bos] + context_ids
         return context_ids, continuation_ids
 
+    def _language_scorer(self):
+        """(the mode's TokenLogProbs cell, the evf_mode context manager) of the language-only path."""
+        mode = self.generator.evf_mode_for(has_image=False)
+        if mode not in self._scorers:
+            self._scorers[mode] = TokenLogProbs(self.model)  # one cell per mode: graph mode compiles the mode in
+        return self._scorers[mode], self.generator.evf_mode(mode)
+
     def loglik(self, contexts: list[str], continuations: list[str]) -> list[float]:
         if len(contexts) != len(continuations):
             raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
         pairs = [self.split_tokens(c, x) for c, x in zip(contexts, continuations)]
-        mode = self.generator.evf_mode_for(has_image=False)
-        if mode not in self._scorers:
-            self._scorers[mode] = TokenLogProbs(self.model)  # one cell per mode: graph mode compiles the mode in
-        with self.generator.evf_mode(mode):
-            return continuation_logliks(self._scorers[mode], pairs, self.config.llm.max_position_embeddings,
-                                        self.batch_size, self.generator.pad_token_id)
+        cell, mode = self._language_scorer()
+        with mode:
+            return continuation_logliks(cell, pairs, self.max_length, self.batch_size, self.generator.pad_token_id)
+
+    def ppl(self, texts: list[str]) -> list[float]:
+        sequences = [self._keep_last(self.plain_ids(text), self.max_length) for text in texts]
+        cell, mode = self._language_scorer()
+        with mode:
+            return sequence_mean_losses(cell, sequences, self.batch_size, self.generator.pad_token_id)
 
 
-def build_predictor(checkpoint_dir: str, batch_size: int = 8, **kwargs) -> EvePredictor:
-    """An `EvePredictor` for an eve-ms checkpoint directory (model.safetensors, model_config.yaml, tokenizer/)."""
+def build_predictor(checkpoint_dir: str, batch_size: int = 8, compute_dtype: str = "float32",
+                    **kwargs) -> EvePredictor:
+    """An `EvePredictor` for an eve-ms checkpoint directory (model.safetensors, model_config.yaml, tokenizer/).
+
+    `compute_dtype` float16 / bfloat16 runs the model under MindSpore's O2 mixed precision (as the
+    trainer does for that dtype) with the EVF routers put back to float32 (O2 alone casts them too),
+    float32 as it is.
+    """
     from eve_ms.checkpoint_dir import TOKENIZER_DIR, load_eve_checkpoint
 
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
     model, config, tokenizer = load_eve_checkpoint(checkpoint_dir)
     if tokenizer is None:
         raise ConfigError(f"{checkpoint_dir}: no {TOKENIZER_DIR}{os.sep} folder; evaluation needs the "
                           "checkpoint's tokenizer")
+    if compute_dtype != "float32":
+        import mindspore as ms
+
+        from eve_ms.models.evf import EVFLayer
+
+        ms.amp.auto_mixed_precision(model, "O2", dtype=getattr(ms, compute_dtype))  # casts the cells in place
+        for _, cell in model.cells_and_names():
+            if isinstance(cell, EVFLayer):  # O2 casts every Dense; the router is float32 under every dtype
+                cell.router.to_float(ms.float32)
     return EvePredictor(model, config, tokenizer, batch_size=batch_size, **kwargs)

@@ -1,11 +1,13 @@
-"""Log-likelihood of text continuations, for multiple-choice language benchmarks (the language-only path).
+"""Token log-probabilities of texts, for the multiple-choice language benchmarks (the language-only path).
 
-`continuation_logliks` scores (context ids, continuation ids) pairs: the sum over the
-continuation's tokens of log p(token | everything before it). Sequences are right-padded into
-batches; a sequence longer than the model's positions keeps its last `max_position_embeddings`
-tokens (the start of the context is dropped, as lm-evaluation-harness does). The log-softmax
-and the pick of each target's log-probability run inside the model call, so only [B, S]
-numbers come back to the host.
+`sequence_mean_losses` gives OpenCompass's perplexity score of whole token sequences (the
+protocol of the choice benchmarks); `continuation_logliks` scores (context ids, continuation ids)
+pairs: the sum over the continuation's tokens of log p(token | everything before it).
+Sequences are right-padded into batches (a causal model: padding after a sequence does not
+change it); a sequence longer than the model's positions keeps its last `max_position_embeddings`
+tokens (the start of the context is dropped, as lm-evaluation-harness does for log-likelihoods).
+The log-softmax and the pick of each target's log-probability run inside the model call, so only
+[B, S] numbers come back to the host.
 """
 from __future__ import annotations
 
@@ -30,6 +32,34 @@ class TokenLogProbs(nn.Cell):
         return ops.gather_elements(log_probs, 2, targets).squeeze(-1)
 
 
+def _token_log_probs(cell: TokenLogProbs, sequences: list[list[int]], batch_size: int, pad_token_id: int):
+    """log p(sequence[t] | sequence[:t]) for t = 1..n-1 of each sequence, as float64 arrays, in order."""
+    for first in range(0, len(sequences), batch_size):
+        batch = sequences[first:first + batch_size]
+        length = max(len(s) for s in batch)
+        ids = np.full((len(batch), length), pad_token_id, np.int32)
+        mask = np.zeros((len(batch), length), np.int32)
+        for row, sequence in enumerate(batch):
+            ids[row, :len(sequence)] = sequence
+            mask[row, :len(sequence)] = 1
+        log_probs = cell(Tensor(ids), Tensor(mask)).asnumpy()
+        for row, sequence in enumerate(batch):
+            yield log_probs[row, :len(sequence) - 1].astype(np.float64)
+
+
+def sequence_mean_losses(cell: TokenLogProbs, sequences: Sequence, batch_size: int = 8,
+                         pad_token_id: int = 0) -> list[float]:
+    """OpenCompass's ppl score of each token sequence (bos first): the summed loss of its n - 1 predicted
+    tokens divided by its n tokens, as `_get_ppl` of OpenCompass's HuggingFace model computes it
+    (`loss.sum(-1) / lens`, lens counting every token of the unpadded input)."""
+    sequences = [list(s) for s in sequences]
+    for index, sequence in enumerate(sequences):
+        if len(sequence) < 2:
+            raise ValueError(f"sequence {index}: {len(sequence)} token(s); a loss needs at least two")
+    return [float(-lp.sum() / len(s))
+            for lp, s in zip(_token_log_probs(cell, sequences, batch_size, pad_token_id), sequences)]
+
+
 def continuation_logliks(cell: TokenLogProbs, pairs: Sequence[tuple], max_length: int, batch_size: int = 8,
                          pad_token_id: int = 0) -> list[float]:
     """Summed log-probability of each pair's continuation given its context (both 1-D token id lists)."""
@@ -46,18 +76,6 @@ def continuation_logliks(cell: TokenLogProbs, pairs: Sequence[tuple], max_length
         sequence = (context + continuation)[-max_length:]
         sequences.append(sequence)
         starts.append(len(sequence) - len(continuation))
-    results = []
-    for first in range(0, len(sequences), batch_size):
-        batch = sequences[first:first + batch_size]
-        length = max(len(s) for s in batch)
-        ids = np.full((len(batch), length), pad_token_id, np.int32)
-        mask = np.zeros((len(batch), length), np.int32)
-        for row, sequence in enumerate(batch):
-            ids[row, :len(sequence)] = sequence
-            mask[row, :len(sequence)] = 1
-        log_probs = cell(Tensor(ids), Tensor(mask)).asnumpy()
-        for row, sequence in enumerate(batch):
-            start = starts[first + row]
-            # position t predicts token t + 1: the continuation's tokens start..len-1 are predicted at start-1..len-2
-            results.append(float(log_probs[row, start - 1:len(sequence) - 1].astype(np.float64).sum()))
-    return results
+    # position t - 1 predicts token t: the continuation's tokens start..n-1 are entries start-1..n-2
+    return [float(lp[start - 1:].sum())
+            for lp, start in zip(_token_log_probs(cell, sequences, batch_size, pad_token_id), starts)]

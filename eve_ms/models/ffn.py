@@ -1,21 +1,35 @@
-"""The SwiGLU feed-forward block of a Llama-style layer: the dense FFN and both experts of an EVF layer."""
+"""The feed-forward block of a decoder layer (the dense FFN and both experts of an EVF layer), by kind.
+
+- `swiglu` (Llama): down(silu(gate(x)) * up(x)).
+- `series` (PanGu-pi's series-informed activation, as the Eve release's `InternLMMLPVanilla` builds it):
+  down((silu(gate(x)) + fast_gelu(gate2(x))) * up(x)), a second gate projection `gate_proj2`.
+
+`fast_gelu(x) = x * sigmoid(1.702 |x|) * exp(0.851 (x - |x|))` is MindSpore's own FastGeLU (PanGu-pi was
+trained in MindSpore; the release re-implements it in PyTorch), so the op is used as it is. Written out,
+it is x * sigmoid(1.702 x) for every x: the |x| form only keeps exp from overflowing.
+"""
 from mindspore import nn, ops
 
-from eve_ms.config import LLMConfig
+from eve_ms.config import FFN_KINDS, LLMConfig
 
 
 class FeedForward(nn.Cell):
-    """down(act(gate(x)) * up(x)); weight names match Hugging Face Llama's `mlp`.
+    """The FFN of kind `kind`; weight names match Hugging Face Llama's `mlp` (+ `gate_proj2` for `series`).
 
     Linear layers are `nn.Dense` because MindFormers' LoRA replaces exactly that type.
     """
 
-    def __init__(self, config: LLMConfig):
+    def __init__(self, config: LLMConfig, kind: str = "swiglu"):
         super().__init__()
         if config.hidden_act != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r} for the FFN (supported: silu)")
+        if kind not in FFN_KINDS:
+            raise ValueError(f"unknown FFN kind {kind!r} (supported: {', '.join(FFN_KINDS)})")
         h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.kind = kind
         self.gate_proj = nn.Dense(h, i, has_bias=bias)
+        if kind == "series":
+            self.gate_proj2 = nn.Dense(h, i, has_bias=bias)
         self.up_proj = nn.Dense(h, i, has_bias=bias)
         self.down_proj = nn.Dense(i, h, has_bias=bias)
 
@@ -23,9 +37,13 @@ class FeedForward(nn.Cell):
         gate = self.gate_proj(x)
         # silu written out: MindSpore's CPU SiLU and SiLUGrad expand to more passes (9.4 vs 11.6 ms fwd+bwd
         # at 512 x 1728); the sigmoid is kept for the backward pass either way
-        return self.down_proj(gate * ops.sigmoid(gate) * self.up_proj(x))
+        activated = gate * ops.sigmoid(gate)
+        if self.kind == "series":
+            activated = activated + ops.fast_gelu(self.gate_proj2(x))
+        return self.down_proj(activated * self.up_proj(x))
 
 
-def ffn_param_count(config: LLMConfig) -> int:
+def ffn_param_count(config: LLMConfig, kind: str = "swiglu") -> int:
     h, i = config.hidden_size, config.intermediate_size
-    return 3 * h * i + (2 * i + h if config.mlp_bias else 0)
+    gates = 2 if kind == "series" else 1
+    return (gates + 2) * h * i + ((gates + 1) * i + h if config.mlp_bias else 0)

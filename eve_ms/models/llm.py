@@ -1,13 +1,17 @@
 """The Llama-style causal language model of Eve, in MindSpore.
 
 Reads top to bottom in the order data meets it: RMSNorm, rotary tables, attention (grouped-query,
-optional q/k/v/o bias, static-shape KV cache), decoder layer (SwiGLU FFN or EVF layer, optional
-PanGu-pi augmented shortcut), the decoder stack, and the causal LM with its loss and greedy decoding.
+optional q/k/v/o bias, static-shape KV cache), the attention-output shortcut, decoder layer (a
+SwiGLU or series FFN, or an EVF layer; the shortcut where the config puts it), the decoder stack,
+and the causal LM with its loss and greedy decoding. What each layer is comes from `LLMConfig`
+(`ffn_kind(i)`, `attn_shortcut_width_of(i)`) when the layer is built.
 
 Parameter names are Hugging Face Llama's, one to one (`model.embed_tokens.weight`,
-`model.layers.{i}.self_attn.q_proj.weight`, ..., `model.norm.weight`, `lm_head.weight`), so the
-converter in `eve_ms/convert/hf_llm.py` is a table of names. Every linear layer is `nn.Dense`, the
-type MindFormers' LoRA replaces.
+`model.layers.{i}.self_attn.q_proj.weight`, ..., `model.norm.weight`, `lm_head.weight`), plus
+the Eve release's PanGu-pi names (`mlp.gate_proj2`; its `attn_linear.0` / `attn_linear.2` are
+`attn_linear.in_proj` / `attn_linear.out_proj` here), so the converter in
+`eve_ms/convert/hf_llm.py` is a table of names. Every linear layer is `nn.Dense`, the type
+MindFormers' LoRA replaces.
 
 Entry points (B batch, S tokens, H hidden, V vocabulary, M cache slots):
 
@@ -260,42 +264,55 @@ def _write_cache(cache, new, start):
     return ops.where(inside.reshape(1, 1, slots, 1), source, cache)
 
 
+class AttentionShortcut(nn.Cell):
+    """out_proj(fast_gelu(in_proj(a))) of the attention output a: the Eve release's `attn_linear`
+    (Linear(H, width) -> FastGeLU -> Linear(width, H), no biases), added beside the identity shortcut.
+
+    PanGu-pi's paper (Wang et al. 2023, after Tang et al. 2021) puts its augmented shortcut on the
+    block's input; the release, which is what Eve ran, feeds it the attention output instead.
+    """
+
+    def __init__(self, hidden_size: int, width: int, act: str):
+        super().__init__()
+        if act != "fast_gelu":
+            raise ConfigError(f"unsupported attention-shortcut activation {act!r} (supported: fast_gelu)")
+        self.in_proj = nn.Dense(hidden_size, width, has_bias=False)
+        self.out_proj = nn.Dense(width, hidden_size, has_bias=False)
+
+    def construct(self, a):
+        return self.out_proj(ops.fast_gelu(self.in_proj(a)))
+
+
 # --------------------------------------------------------------------------- decoder layer
 
 
 class DecoderLayer(nn.Cell):
-    """Pre-norm block: h = x + attn(norm(x)) [+ augmented_shortcut(x)]; out = h + mlp(norm(h)).
+    """Pre-norm block: a = attn(norm(x)); h = x + a [+ attn_linear(a)]; out = h + mlp(norm(h)).
 
-    `mlp` is the SwiGLU `FeedForward`, or an `EVFLayer` (eve_ms/models/evf.py) when this layer is in
+    `mlp` is the `FeedForward` of kind `config.ffn_kind(layer_index)`, or an `EVFLayer`
+    (eve_ms/models/evf.py, both experts of that kind) when this layer is in
     `evf_config.layer_indices(num_layers)`; EVF layers also take the modality mask, the valid-token
-    mask and routing noise, and return an aux loss and routing statistics.
-
-    PanGu-pi augmented shortcut (on layers in `config.augmented_shortcut_layers`): PanGu-pi (Wang et
-    al. 2023, after Tang et al. 2021, "Augmented Shortcuts for Vision Transformers") adds to the
-    attention block, in parallel with the identity shortcut, learnable projections of the block's
-    input Z: out = Z + MSA(Z) + sum_i T_i(Z), with T_i(Z) = act(Z W_i) in the papers. Here there is
-    one T, applied to the layer input x (the residual stream the identity shortcut copies, before
-    input_layernorm), and it is linear, as DESIGN specifies: an `nn.Dense(hidden, hidden, no bias)`
-    that LoRA can adapt. It starts at zero, so adding it to a layer does not change the layer.
+    mask and routing noise, and return an aux loss and routing statistics. `attn_linear` (an
+    `AttentionShortcut`) exists where `config.attn_shortcut_width_of(layer_index)` > 0.
     """
 
     def __init__(self, config: LLMConfig, layer_index: int, evf_config: EVFConfig | None = None):
         super().__init__()
         self.self_attn = Attention(config)
+        ffn_kind = config.ffn_kind(layer_index)
         self.is_evf = evf_config is not None and layer_index in evf_config.layer_indices(config.num_layers)
         if self.is_evf:
             from eve_ms.models.evf import EVFLayer  # only EVF models import the EVF layer
 
-            self.mlp = EVFLayer(config, evf_config)
+            self.mlp = EVFLayer(config, evf_config, ffn_kind)
         else:
-            self.mlp = FeedForward(config)
+            self.mlp = FeedForward(config, ffn_kind)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.has_augmented_shortcut = layer_index in config.augmented_shortcut_layers
-        if self.has_augmented_shortcut:
-            self.augmented_shortcut = nn.Dense(
-                config.hidden_size, config.hidden_size, weight_init="zeros", has_bias=False
-            )
+        shortcut_width = config.attn_shortcut_width_of(layer_index)
+        self.has_attn_shortcut = shortcut_width > 0
+        if self.has_attn_shortcut:
+            self.attn_linear = AttentionShortcut(config.hidden_size, shortcut_width, config.attn_shortcut_act)
 
     def construct(self, x, cos, sin, mask_bias, is_image, valid, noise,
                   key_cache=None, value_cache=None, write_start=None):
@@ -304,8 +321,8 @@ class DecoderLayer(nn.Cell):
             self.input_layernorm(x), cos, sin, mask_bias, key_cache, value_cache, write_start
         )
         h = x + attn_out
-        if self.has_augmented_shortcut:
-            h = h + self.augmented_shortcut(x)
+        if self.has_attn_shortcut:
+            h = h + self.attn_linear(attn_out)
         if self.is_evf:
             y, aux_loss, stats = self.mlp(self.post_attention_layernorm(h), is_image, valid, noise)
             return h + y, k, v, aux_loss, stats
@@ -595,20 +612,20 @@ def _check_config(config: LLMConfig) -> None:
         )
     if config.dim_per_head % 2:
         raise ConfigError(f"head_dim={config.dim_per_head} must be even for rotary embeddings")
-    bad = [i for i in config.augmented_shortcut_layers if not isinstance(i, int) or not 0 <= i < config.num_layers]
-    if bad:
-        raise ConfigError(f"augmented_shortcut_layers has indices outside 0..{config.num_layers - 1}: {bad}")
+    config.split_index  # noqa: B018 (a ConfigError when the config was changed into an unresolvable one)
     _rope_scaling(config)
 
 
 def llm_param_count(config: LLMConfig) -> int:
-    """Parameters of the dense LLM (embeddings, layers, norms, augmented shortcuts, untied lm_head)."""
+    """Parameters of the dense LLM (embeddings, layers, norms, attention shortcuts, untied lm_head)."""
     h, d = config.hidden_size, config.dim_per_head
     q, kv = config.num_heads * d, config.kv_heads * d
     attention = h * q + 2 * h * kv + q * h
     if config.attention_bias:
         attention += q + 2 * kv + h
-    layer = attention + ffn_param_count(config) + 2 * h
-    shortcuts = len(set(config.augmented_shortcut_layers)) * h * h
+    layers = 0
+    for i in range(config.num_layers):
+        shortcut = 2 * h * config.attn_shortcut_width_of(i)
+        layers += attention + ffn_param_count(config, config.ffn_kind(i)) + shortcut + 2 * h
     embeddings = config.vocab_size * h * (1 if config.tie_word_embeddings else 2)
-    return embeddings + config.num_layers * layer + shortcuts + h
+    return embeddings + layers + h

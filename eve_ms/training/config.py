@@ -53,6 +53,7 @@ Unknown keys are errors naming the key and the file.
     logging:
       progress_bar: true
       plot_at_end: true           # PNGs of the JSONL log when the run ends
+      tensorboard: true           # TensorBoard event files of every step beside the JSONL log
     pet_config:                   # LoRA of stage 2 (mindformers.pet), read by the task
       pet_type: lora
       lora_rank: 8
@@ -157,6 +158,7 @@ class CheckpointConfig:
 class LoggingConfig:
     progress_bar: bool = True
     plot_at_end: bool = True
+    tensorboard: bool = True  # TensorBoard event files beside train_log.jsonl (rank 0; `tensorboard --logdir OUT`)
 
 
 @dataclass

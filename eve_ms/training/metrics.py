@@ -1,10 +1,10 @@
-"""Per-step training records: a JSONL log (one JSON object per optimizer step) and a progress bar.
+"""Per-step training records: a JSONL log (one JSON object per optimizer step), TensorBoard event files, a progress bar.
 
 Record keys (see `Trainer.train_step`): step, epoch, loss, aux_loss, lr, grad_norm,
 tokens_per_s, tokens, target_tokens, step_time_s, skipped, loss_scale, and
 token_success_rate {EVF layer name: rate} when the network reports routing statistics.
 Only rank 0 writes; a resumed run first drops the records after the step it resumes from,
-so the log reads as one uninterrupted run.
+so the log reads as one uninterrupted run (TensorBoard hides them: `purge_step`).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 
 
 def _clean(value):
@@ -68,6 +69,43 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_clean(record)) + "\n")
             fh.flush()
+
+
+class TensorBoardLog:
+    """TensorBoard event files of the step records (written by tensorboardX); a no-op when disabled.
+
+    Scalars at global step = the record's step: train/loss, train/lr, train/grad_norm,
+    train/tokens_per_s, train/aux_loss and token_success_rate/<EVF layer>. `purge_step` is the first
+    step this run logs: TensorBoard hides what an earlier run in the same folder logged from there on,
+    as the JSONL log drops it. Events reach the file every `flush_secs` (a live run is watchable).
+    """
+
+    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "aux_loss")
+
+    def __init__(self, logdir: str, enabled: bool = True, purge_step: int | None = None, flush_secs: int = 10):
+        self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            # tensorboardX names files by the second: a suffix in ns keeps a quick restart's file from
+            # overwriting the last one's, and sorts after it (TensorBoard reads a folder's files in name order).
+            self.writer = SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=flush_secs,
+                                        filename_suffix=f".{time.time_ns()}")
+
+    def write(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        step = int(record["step"])
+        for key in self.SCALARS:
+            if key in record:
+                self.writer.add_scalar(f"train/{key}", float(record[key]), step)
+        for layer, rate in record.get("token_success_rate", {}).items():
+            self.writer.add_scalar(f"token_success_rate/{layer}", float(rate), step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # flushes
+            self.writer = None
 
 
 class ProgressBar:

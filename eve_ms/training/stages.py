@@ -25,7 +25,7 @@ Stage options (`task_options`, strict, `StageOptions`): `moe: true` in stage 3 t
 `tokenizer_corpus` (train a BPE tokenizer when none is given, see `stage_data`).
 
 LoRA targets (stage 2): `pet_config.target_modules` null means every nn.Dense of the LLM's
-decoder layers (attention q/k/v/o, FFN gate/up/down, augmented shortcuts) and not `lm_head`,
+decoder layers (attention q/k/v/o, FFN gate/gate2/up/down, attention shortcuts) and not `lm_head`,
 as LLaVA's `find_all_linear_names` does; name `lm_head` in the list to adapt it too.
 
 Output: every stage's `output_dir` is an eve-ms checkpoint directory (`eve_ms.checkpoint_dir`):

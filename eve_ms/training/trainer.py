@@ -41,7 +41,7 @@ from eve_ms.config import IGNORE_INDEX
 from eve_ms.training import checkpoint as ckpt
 from eve_ms.training.config import TrainConfig
 from eve_ms.training.distributed import DistInfo, all_reduce_sum
-from eve_ms.training.metrics import MetricsLog, ProgressBar
+from eve_ms.training.metrics import MetricsLog, ProgressBar, TensorBoardLog
 from eve_ms.training.optim import build_lr_schedule, build_optimizer, lr_at, optimizer_state
 
 # Which compute dtypes each device target trains in. float16 on CPU runs for networks whose
@@ -537,6 +537,8 @@ class Trainer:
             f"{sum(int(np.prod(p.shape)) for p in self.params)} trainable parameters"
         )
         bar = ProgressBar(self.last_step, self.step, enabled=self.dist.is_main and self.config.logging.progress_bar)
+        board = TensorBoardLog(self.config.output_dir, enabled=self.dist.is_main and self.config.logging.tensorboard,
+                               purge_step=self.step + 1)
         records = []
         save_every = self.config.checkpoint.save_checkpoint_steps
         try:
@@ -545,11 +547,13 @@ class Trainer:
                 record = self.train_step(batches)
                 records.append(record)
                 self.metrics.write(record)
+                board.write(record)
                 bar.update(record)
                 if self.step % save_every == 0 or self.step == self.last_step:
                     self.save_checkpoint()
         finally:
             bar.close()
+            board.close()
         self.save_weights()
         if self.task.finish is not None:
             self.task.finish(self)

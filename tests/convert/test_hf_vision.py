@@ -238,3 +238,32 @@ def test_unused_tensors_are_skipped_but_nothing_else(hf_dirs):
     state["vision_model.encoder.layers.0.self_attn.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(CheckpointError, match=r"unexpected tensors.*self_attn\.extra\.weight"):
         load_encoder_weights(build_vision_encoder(config), state, config)
+
+
+def test_timm_siglip_layout_is_hugging_faces_with_post_layernorm_as_the_final_norm():
+    """The release's timm tower run on a Hugging Face SigLIP's weights, renamed by `hf_siglip_to_timm`
+    (post_layernorm -> norm, q/k/v fused), gives Hugging Face's last_hidden_state: the same norm."""
+    from timm_siglip_reference import TimmSiglipTower
+
+    from eve_ms.convert.hf_vision import hf_siglip_to_timm, timm_siglip_to_hf
+
+    torch.manual_seed(3)
+    hf = SiglipVisionModel(SiglipVisionConfig(**VIT)).eval()
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            param.add_(0.2 * torch.randn(param.shape))  # post_layernorm away from identity
+    hf_state = {k: v.numpy() for k, v in hf.state_dict().items() if not k.startswith("vision_model.head.")}
+    hf_state.pop("vision_model.embeddings.position_ids", None)
+    timm_state = hf_siglip_to_timm(hf_state)
+    assert "norm.weight" in timm_state and "blocks.2.attn.qkv.weight" in timm_state
+    tower = TimmSiglipTower(32, 8, 32, 3, 4, 48, act=torch.nn.GELU(approximate="tanh"))  # HF SigLIP's activation
+    missing, unexpected = tower.load_state_dict({k: torch.from_numpy(v) for k, v in timm_state.items()}, strict=False)
+    assert not unexpected and all(name.startswith("attn_pool.") for name in missing)
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(tower(torch.from_numpy(x)).numpy(),
+                                   hf(pixel_values=torch.from_numpy(x)).last_hidden_state.numpy(), atol=1e-5)
+    back = timm_siglip_to_hf(timm_state)
+    assert set(back) == set(hf_state)
+    for name, value in hf_state.items():
+        np.testing.assert_array_equal(back[name], value, err_msg=name)

@@ -29,21 +29,33 @@ class FakeGenerator:
         return [item["id"] for call in self.calls for item in call]
 
 
-class FakeScorer:
-    """Answers `loglik` from rules (text that must occur in the context, {continuation: value})."""
+class FakeChoice:
+    """Answers `ppl` (and `loglik`) from rules (text that must occur in the candidate, {ending: value}).
 
-    def __init__(self, rules):
+    With `max_length`, it also counts tokens as characters, so the runner fits prompts to it.
+    """
+
+    def __init__(self, rules, max_length=None):
         self.rules = rules
         self.calls = []
+        if max_length is not None:
+            self.max_length = max_length
+            self.num_tokens = len
+
+    def _value(self, text):
+        matches = [table for marker, table in self.rules if marker in text]
+        assert len(matches) == 1, f"test bug: {len(matches)} rules match {text!r}"
+        endings = [ending for ending in matches[0] if text.endswith(ending)]
+        assert len(endings) == 1, f"test bug: endings {endings} for {text!r}"
+        return matches[0][endings[0]]
+
+    def ppl(self, texts):
+        self.calls.append(("ppl", list(texts)))
+        return [self._value(t) for t in texts]
 
     def loglik(self, contexts, continuations):
-        self.calls.append((list(contexts), list(continuations)))
-        values = []
-        for context, continuation in zip(contexts, continuations):
-            matches = [table for marker, table in self.rules if marker in context]
-            assert len(matches) == 1, f"test bug: {len(matches)} rules match context {context!r}"
-            values.append(matches[0][continuation])
-        return values
+        self.calls.append(("loglik", list(contexts), list(continuations)))
+        return [self._value(c + x) for c, x in zip(contexts, continuations)]
 
 
 @pytest.fixture
@@ -57,8 +69,8 @@ def fake_generator():
 
 
 @pytest.fixture
-def fake_scorer():
-    return FakeScorer
+def fake_choice():
+    return FakeChoice
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The resumable runner and `eve-ms eval`: answers appended as they come, reruns ask only the rest."""
+import hashlib
 import json
 import os
 import sys
@@ -9,6 +10,7 @@ from PIL import Image
 
 from eve_ms import cli
 from eve_ms.eval import run as eval_run
+from eve_ms.eval.registry import get_benchmark
 from eve_ms.eval.runner import evaluate, read_answers
 
 POPE_ANSWERS = {
@@ -35,9 +37,10 @@ def test_items_carry_prompt_image_and_generation_hint(pope_setup, tmp_path, fake
     predictor = fake_generator(POPE_ANSWERS)
     evaluate("pope", data, images, predictor, str(tmp_path / "a.jsonl"), batch_size=4, progress=False)
     item = predictor.calls[0][0]
-    assert set(item) == {"id", "prompt", "image", "max_new_tokens"}
+    assert set(item) == {"id", "prompt", "image", "max_new_tokens", "chat", "truncate"}
     assert item["prompt"].endswith("\nAnswer the question using a single word or phrase.")
-    assert os.path.isfile(item["image"]) and item["max_new_tokens"] == 16
+    assert os.path.isfile(item["image"]) and item["max_new_tokens"] == 128  # model_vqa_loader.py's default
+    assert item["chat"] is True and item["truncate"] is False
     assert [len(call) for call in predictor.calls] == [4, 4, 2]
 
 
@@ -47,14 +50,14 @@ def test_interrupted_run_resumes_with_only_the_unanswered_questions(pope_setup, 
     interrupted = fake_generator(POPE_ANSWERS, fail_on_call=3)  # two batches of two are written, then it dies
     with pytest.raises(RuntimeError, match="simulated interruption"):
         evaluate("pope", data, images, interrupted, answers, batch_size=2, progress=False)
-    written = [record["id"] for record in _lines(answers)]
+    written = [record["id"] for record in _lines(answers)[1:]]  # after the header
     assert len(written) == 4
 
     resumed = fake_generator(POPE_ANSWERS)
     result = evaluate("pope", data, images, resumed, answers, batch_size=2, progress=False)
     assert len(resumed.asked_ids) == 6
     assert sorted(resumed.asked_ids) == sorted(set(POPE_ANSWERS) - set(written))
-    assert sorted(r["id"] for r in _lines(answers)) == sorted(POPE_ANSWERS)  # each answered once
+    assert sorted(r["id"] for r in _lines(answers)[1:]) == sorted(POPE_ANSWERS)  # each answered once
 
     clean = evaluate("pope", data, images, fake_generator(POPE_ANSWERS), str(tmp_path / "clean.jsonl"),
                      batch_size=3, progress=False)
@@ -69,12 +72,14 @@ def test_interrupted_run_resumes_with_only_the_unanswered_questions(pope_setup, 
 def test_a_line_cut_off_mid_write_is_dropped_and_asked_again(pope_setup, tmp_path, fake_generator):
     data, images = pope_setup
     answers = tmp_path / "a.jsonl"
-    answers.write_text('{"id": "random/1", "prompt": "p", "prediction": "Yes"}\n{"id": "random/2", "pro')
+    evaluate("pope", data, images, fake_generator(POPE_ANSWERS), str(answers), limit=1, progress=False)
+    header = answers.read_text().splitlines()[0]
+    answers.write_text(header + '\n{"id": "random/1", "prompt": "p", "prediction": "Yes"}\n{"id": "random/2", "pro')
     predictor = fake_generator(POPE_ANSWERS)
     with pytest.warns(UserWarning, match="cut off"):
         evaluate("pope", data, images, predictor, str(answers), progress=False)
     assert "random/1" not in predictor.asked_ids and "random/2" in predictor.asked_ids
-    assert len(_lines(answers)) == len(POPE_ANSWERS)
+    assert len(_lines(answers)) == 1 + len(POPE_ANSWERS)
 
 
 def test_a_corrupt_line_before_the_end_is_an_error(tmp_path):
@@ -113,21 +118,6 @@ def test_embedded_images_reach_the_predictor_decoded(fixtures_dir, tmp_path, fak
     assert result["score"] == pytest.approx(100.0)
 
 
-def test_loglik_benchmarks_send_one_context_per_continuation(fixtures_dir, tmp_path, fake_scorer):
-    predictor = fake_scorer([("sun a star", {" no": -2.0, " yes": -1.0}),
-                             ("whale a fish", {" no": -1.0, " yes": -3.0}),
-                             ("penguins fly", {" no": -0.5, " yes": -0.7})])
-    answers = str(tmp_path / "boolq.jsonl")
-    result = evaluate("boolq", os.path.join(fixtures_dir, "boolq.jsonl"), None, predictor, answers,
-                      batch_size=2, progress=False)
-    contexts, continuations = predictor.calls[0]
-    assert continuations == [" no", " yes", " no", " yes"]
-    assert contexts[0] == contexts[1] and contexts[0].endswith("Question: is the sun a star?\nAnswer:")
-    assert len(predictor.calls) == 2
-    assert result["score"] == pytest.approx(200 / 3)
-    assert _lines(answers)[0]["logliks"] == [-2.0, -1.0]
-
-
 def test_predictor_returning_the_wrong_number_of_answers_is_an_error(pope_setup, tmp_path):
     data, images = pope_setup
 
@@ -139,9 +129,12 @@ def test_predictor_returning_the_wrong_number_of_answers_is_an_error(pope_setup,
         evaluate("pope", data, images, Short(), str(tmp_path / "a.jsonl"), batch_size=2, progress=False)
 
 
-def test_cli_writes_answers_and_results_and_resumes(pope_setup, tmp_path, monkeypatch, fake_generator, capsys):
+def test_cli_sets_up_the_context_writes_answers_and_results_and_resumes(pope_setup, tmp_path, monkeypatch,
+                                                                      fake_generator, capsys):
+    import eve_ms.runtime
+
     data, images = pope_setup
-    built = []
+    built, contexts = [], []
 
     def fake_load_predictor(checkpoint_dir, **kw):
         built.append((checkpoint_dir, kw))
@@ -149,19 +142,53 @@ def test_cli_writes_answers_and_results_and_resumes(pope_setup, tmp_path, monkey
         return built[-1]
 
     monkeypatch.setattr(eval_run, "load_predictor", fake_load_predictor)
+    monkeypatch.setattr(eve_ms.runtime, "setup_context", lambda *args: contexts.append(args))
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
     out = tmp_path / "out"
-    argv = ["eval", "--benchmark", "pope", "--data", data, "--image-folder", images, "--checkpoint", "ckpt",
-            "--output", str(out), "--batch-size", "3", "--no-progress"]
+    argv = ["eval", "--benchmark", "pope", "--data", data, "--image-folder", images, "--checkpoint", str(checkpoint),
+            "--output", str(out), "--batch-size", "3", "--no-progress", "--device-target", "CPU", "--num-threads", "2"]
     assert cli.main(argv) == 0
-    assert built[0] == ("ckpt", {"batch_size": 3})
+    assert contexts == [("CPU", "pynative", 2)]
+    assert built[0] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float16"})
     results = json.loads((out / "pope_results.json").read_text())
     assert results["score"] == pytest.approx((50 + 80 + 100) / 3)
     assert results["metrics"]["splits"]["popular"]["f1"] == pytest.approx(80.0)
-    assert len(_lines(out / "pope_answers.jsonl")) == 10
+    lines = _lines(out / "pope_answers.jsonl")
+    assert len(lines) == 1 + 10
+    model = lines[0]["eve_ms_answers"]["model"]
+    assert model["checkpoint"] == str(checkpoint) and model["compute_dtype"] == "float16"
+    assert model["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert lines[0]["eve_ms_answers"]["generation"]["max_new_tokens"] == 128
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["questions"] == 10
 
     assert cli.main(argv) == 0
     assert built[-1].calls == []  # everything was answered by the first run
+
+
+def test_cli_flags_reach_the_predictor_and_the_protocol(pope_setup, tmp_path, monkeypatch, fake_generator):
+    import eve_ms.runtime
+
+    data, images = pope_setup
+    built = []
+    monkeypatch.setattr(eval_run, "load_predictor",
+                        lambda checkpoint_dir, **kw: built.append(kw) or fake_generator(POPE_ANSWERS))
+    monkeypatch.setattr(eve_ms.runtime, "setup_context", lambda *args: None)
+    argv = ["eval", "--benchmark", "pope", "--data", data, "--image-folder", images, "--checkpoint", "ckpt",
+            "--output", str(tmp_path), "--no-progress", "--template", "plain", "--compute-dtype", "float32",
+            "--max-new-tokens", "7", "--exec-mode", "graph"]
+    assert cli.main(argv) == 0
+    assert built[0]["template"] == "plain" and built[0]["compute_dtype"] == "float32"
+    assert built[0]["length_bucket"] == 64
+    header = _lines(tmp_path / "pope_answers.jsonl")[0]["eve_ms_answers"]
+    assert header["generation"]["max_new_tokens"] == 7 and header["model"]["template"] == "plain"
+
+
+@pytest.mark.parametrize("name, tokens", [("gqa", 128), ("textvqa", 128), ("pope", 128), ("mme", 128),
+                                               ("scienceqa_img", 1024), ("mmbench", 1024), ("xsum", 100)])
+def test_generation_budgets_are_the_reference_scripts(name, tokens):
+    assert get_benchmark(name).max_new_tokens == tokens
 
 
 def test_load_predictor_imports_the_inference_module_only_when_called(monkeypatch):

@@ -3,6 +3,7 @@ against values worked out by hand."""
 import os
 
 import pytest
+import released_formats as formats
 
 from eve_ms.eval import gqa, mme, pope, scienceqa, textvqa
 from eve_ms.eval.question import DataFormatError
@@ -38,8 +39,40 @@ def test_vqa_accuracy_averages_min_n_over_3_over_the_ten_leave_one_out_subsets(m
     assert textvqa.vqa_accuracy("Yes", humans) == pytest.approx(expected)
 
 
-def test_textvqa_score_on_fixture(fixtures_dir):
-    questions = textvqa.load(os.path.join(fixtures_dir, "textvqa", "TextVQA_0.5.1_val.json"), "/imgs")
+def test_textvqa_joins_llava_s_ocr_prompts_to_the_annotations(tmp_path):
+    root = formats.write_textvqa(tmp_path)
+    for data in (root, os.path.join(root, "llava_textvqa_val_v051_ocr.jsonl")):
+        questions = textvqa.load(data, "/imgs")
+        assert [q.id for q in questions] == ["34602", "34603", "34604"]  # TextVQA's ids: LLaVA's are image ids
+        images = [os.path.join("/imgs", name) for name in ("img_a.jpg", "img_a.jpg", "img_c.jpg")]
+        assert [q.image for q in questions] == images
+        assert textvqa.build_prompt(questions[0]) == formats.TEXTVQA[0][1]["text"]  # verbatim, OCR tokens and all
+        assert questions[1].answer == formats.TEXTVQA[1][0]["answers"]
+    result = textvqa.score(questions, _responses(questions, ["Coca-Cola", "Two.", "the stop"]))
+    assert result["score"] == pytest.approx(100 * (1.0 + 0.9 + 0.3) / 3)
+
+
+@pytest.mark.parametrize("prompt, question", [
+    ("What is it?\nReference OCR token: A, B\nAnswer the question using a single word or phrase.", "what is it?"),
+    ("Reference OCR token: A, B\nWhat is it?\nAnswer the question using a single word or phrase.", "what is it?"),
+    ("What is it?\nAnswer the question using a single word or phrase.", "what is it?"),
+    ("OCR tokens: A B Question: What is it? Short answer:", "what is it?"),
+    ("one\ntwo\nthree\nfour", None),
+])
+def test_textvqa_reads_the_question_back_as_llava_s_prompt_processor(prompt, question):
+    assert textvqa.llava_question(prompt) == question
+
+
+def test_textvqa_llava_record_without_annotation_is_named(tmp_path):
+    records = [formats.TEXTVQA[0], (formats.TEXTVQA[2][0], {**formats.TEXTVQA[2][1], "question_id": "img_x"})]
+    root = formats.write_textvqa(tmp_path, records)
+    with pytest.raises(DataFormatError, match="ocr.jsonl: line 2: no annotation .* image 'img_x'"):
+        textvqa.load(root, None)
+
+
+def test_textvqa_annotations_alone_warn_that_they_are_not_the_protocol(fixtures_dir):
+    with pytest.warns(UserWarning, match="lack its OCR tokens"):
+        questions = textvqa.load(os.path.join(fixtures_dir, "textvqa", "TextVQA_0.5.1_val.json"), "/imgs")
     assert questions[2].image == os.path.join("/imgs", "img_c.jpg")
     assert textvqa.build_prompt(questions[2]) == ("what does the sign say?\nReference OCR token: STOP, ahead\n"
                                                   "Answer the question using a single word or phrase.")

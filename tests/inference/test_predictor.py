@@ -78,3 +78,102 @@ def test_checkpoint_without_tokenizer_is_a_clear_error(checkpoint_dir, tmp_path)
         shutil.copy(os.path.join(checkpoint_dir, name), bare / name)
     with pytest.raises(ConfigError, match="tokenizer"):
         build_predictor(str(bare))
+
+
+def _language_only_log_probs(model, ids):
+    model.set_evf_mode("language_only")
+    try:
+        return log_softmax(model.forward(Tensor(np.asarray(ids, np.int32)[None]))[0].asnumpy()[0])
+    finally:
+        model.set_evf_mode("multimodal")
+
+
+def _opencompass_ppl(model, ids):
+    """OpenCompass's `_get_ppl` on one unpadded input: the n - 1 predicted tokens' loss summed, over n."""
+    log_probs = _language_only_log_probs(model, ids)
+    return -sum(log_probs[t - 1, ids[t]] for t in range(1, len(ids))) / len(ids)
+
+
+def test_ppl_is_opencompass_s_mean_token_loss_of_the_whole_text(predictor, evf_model, tokenizer):
+    texts = ["The answer is yes.", "How many birds are there? There are three birds sitting on the fence."]
+    values = predictor.ppl(texts)
+    for text, value in zip(texts, values):
+        ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert predictor.num_tokens(text) == len(ids)
+        np.testing.assert_allclose(value, _opencompass_ppl(evf_model, ids), rtol=1e-5)
+
+
+def test_ppl_of_a_text_longer_than_the_context_keeps_bos_and_its_end(predictor, evf_model, tokenizer):
+    text = " ".join(["The cat sleeps on the sofa near the window."] * 20)
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+    limit = evf_model.config.llm.max_position_embeddings
+    assert len(ids) > limit
+    kept = [ids[0]] + ids[len(ids) - limit + 1:]  # a tokenizer's truncation_side='left', bos added after
+    np.testing.assert_allclose(predictor.ppl([text])[0], _opencompass_ppl(evf_model, kept), rtol=1e-5)
+
+
+def test_plain_prompts_are_bos_and_text_and_long_ones_keep_their_end(predictor, evf_model, tokenizer):
+    short = "Hello, how are you today?"
+    long = " ".join(["The answer is yes."] * 40)
+    items = [{"id": "s", "prompt": short, "image": None, "max_new_tokens": 3, "chat": False},
+             {"id": "l", "prompt": long, "image": None, "max_new_tokens": 3, "chat": False, "truncate": True}]
+    answers = predictor.predict(items)
+    generator = Generator(evf_model, tokenizer)
+    bos = tokenizer.bos_token_id
+    short_ids = [bos] + tokenizer(short, add_special_tokens=False)["input_ids"]
+    long_ids = [bos] + tokenizer(long, add_special_tokens=False)["input_ids"]
+    room = evf_model.config.llm.max_position_embeddings - 3
+    assert predictor.prompt_length(items[1]) == len(long_ids) > room
+    kept = [bos] + long_ids[len(long_ids) - room + 1:]
+    expected = generator.generate([np.asarray(short_ids), np.asarray(kept)], None, GenerationConfig(max_new_tokens=3))
+    assert answers == [output.text.strip() for output in expected]
+
+
+def test_float16_compute_gives_the_float32_scores_to_half_precision(checkpoint_dir, predictor):
+    import mindspore as ms
+
+    from eve_ms.models.evf import EVFLayer
+
+    half = build_predictor(checkpoint_dir, batch_size=2, compute_dtype="float16")
+    layers = [cell for _, cell in half.model.cells_and_names() if isinstance(cell, EVFLayer)]
+    hidden = half.config.llm.hidden_size
+    assert layers and all(layer.router(Tensor(np.ones((2, hidden), np.float16))).dtype == ms.float32
+                          for layer in layers)
+    assert half.model.forward(Tensor(np.ones((1, 4), np.int32)))[0].dtype == ms.float16  # the rest runs in float16
+    texts = ["The answer is yes.", "The answer is no."]
+    np.testing.assert_allclose(half.ppl(texts), predictor.ppl(texts), rtol=2e-3)  # measured: 1.5e-4
+    with pytest.raises(ConfigError, match="compute_dtype must be one of"):
+        build_predictor(checkpoint_dir, compute_dtype="int8")
+
+
+def test_eval_cli_scores_choice_and_xsum_on_a_checkpoint(checkpoint_dir, evf_model, tokenizer, tmp_path, capsys):
+    """`eve-ms eval` end to end: BoolQ by ppl (checked against the model's own losses) and XSum with an
+    article longer than the context (truncated, counted, not an error)."""
+    import json
+
+    from eve_ms import cli
+
+    boolq = tmp_path / "val.jsonl"
+    records = [{"question": "is the sun a star", "passage": "The answer is yes.", "idx": 0, "label": True},
+               {"question": "are there three birds", "passage": "There are three birds.", "idx": 1, "label": False}]
+    boolq.write_text("".join(json.dumps(r) + "\n" for r in records))
+    common = ["--checkpoint", checkpoint_dir, "--output", str(tmp_path / "out"), "--no-progress",
+              "--device-target", "CPU", "--num-threads", "2", "--compute-dtype", "float32", "--batch-size", "2"]
+    assert cli.main(["eval", "--benchmark", "boolq", "--data", str(boolq), *common]) == 0
+    bos = tokenizer.bos_token_id
+    correct = 0
+    for record in records:
+        losses = [_opencompass_ppl(evf_model, [bos] + tokenizer(
+            f"{record['passage']}\nQuestion: {record['question']}?\n{answer}", add_special_tokens=False)["input_ids"])
+            for answer in ("No", "Yes")]
+        correct += int(np.argmin(losses)) == int(record["label"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["score"] == pytest.approx(100.0 * correct / len(records))
+
+    xsum = tmp_path / "dev.jsonl"
+    articles = [("short", "The cat sleeps on the sofa."), ("long", " ".join(["The cat sleeps on the sofa."] * 40))]
+    xsum.write_text("".join(json.dumps({"id": i, "dialogue": a, "summary": "A cat sleeps."}) + "\n"
+                            for i, a in articles))
+    assert cli.main(["eval", "--benchmark", "xsum", "--data", str(xsum), "--max-new-tokens", "4", *common]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["questions"] == 2 and printed["truncated"] == 1

@@ -1,4 +1,4 @@
-"""The MindSpore LLM on its own: sizes, rotary tables (against Hugging Face's), loss, cache, shortcut.
+"""The MindSpore LLM on its own: sizes, rotary tables (against Hugging Face's), loss, cache, layer layout.
 
 Parity of whole models with Hugging Face Llama lives in tests/convert/test_hf_llm.py.
 """
@@ -35,9 +35,10 @@ def randomize(llm: LLM, seed: int = 0) -> None:
         {},
         {"num_kv_heads": None, "tie_word_embeddings": True},
         {"attention_bias": True, "mlp_bias": True, "head_dim": 12},
-        {"augmented_shortcut_layers": [0, 1], "num_kv_heads": 1},
+        {"num_layers": 3, "layer_split": 2, "ffn_below_split": "series", "attn_shortcut_width": 8,
+         "attention_bias": True, "num_kv_heads": 1},
     ],
-    ids=["gqa", "tied", "bias_head_dim", "augmented_shortcut"],
+    ids=["gqa", "tied", "bias_head_dim", "pangu_layout"],
 )
 def test_param_count_equals_instantiated_model(overrides):
     config = tiny_config(**overrides)
@@ -96,37 +97,68 @@ def test_loss_sums_token_cross_entropy_over_non_ignored_shifted_labels(rng):
     np.testing.assert_allclose(loss_sum.asnumpy(), expected, rtol=1e-5)
 
 
-def test_augmented_shortcut_adds_a_linear_map_of_the_layer_input_to_the_residual(rng):
-    config = tiny_config(num_layers=1, augmented_shortcut_layers=[0])
+PANGU = dict(ffn_below_split="series", ffn_from_split="swiglu", attn_shortcut_width=8)
+
+
+def _layout(llm):
+    return [(layer.mlp.kind, layer.has_attn_shortcut) for layer in llm.model.layers]
+
+
+def test_layers_follow_the_release_split_rule_unless_the_config_sets_the_split():
+    llm = LLM(tiny_config(num_layers=12, hidden_size=16, intermediate_size=8, num_heads=2, num_kv_heads=1, **PANGU))
+    assert _layout(llm) == [("series", False)] * 8 + [("swiglu", True)] * 4  # the release: 12 layers split at 8
+    assert hasattr(llm.model.layers[7].mlp, "gate_proj2") and not hasattr(llm.model.layers[8].mlp, "gate_proj2")
+    assert tuple(llm.model.layers[8].attn_linear.in_proj.weight.shape) == (8, 16)
+    explicit = LLM(tiny_config(num_layers=3, layer_split=1, **PANGU))
+    assert _layout(explicit) == [("series", False), ("swiglu", True), ("swiglu", True)]
+    assert _layout(LLM(tiny_config(num_layers=3))) == [("swiglu", False)] * 3  # a Llama: no split needed
+
+
+def test_a_mixed_layout_at_a_depth_the_release_has_no_split_for_needs_layer_split():
+    with pytest.raises(ConfigError, match="no split for 5 layers.*set llm.layer_split"):
+        tiny_config(num_layers=5, **PANGU)
+    with pytest.raises(ConfigError, match="layer_split=7 is outside 0..5"):
+        tiny_config(num_layers=5, layer_split=7, **PANGU)
+    with pytest.raises(ConfigError, match="ffn_from_split must be one of"):
+        tiny_config(ffn_from_split="geglu")
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_attention_shortcut_adds_a_fast_gelu_bottleneck_of_the_attention_output(rng):
+    config = tiny_config(num_layers=1, layer_split=0, attn_shortcut_width=8)
     llm = LLM(config)
     randomize(llm)
-    layer = llm.model.layers[0]
-    # silence attention and FFN so the layer is x + shortcut(x): the shortcut alone is visible
-    for dense in (layer.self_attn.o_proj, layer.mlp.down_proj):
-        dense.weight.set_data(Tensor(np.zeros(dense.weight.shape, np.float32)))
-    ids = rng.integers(0, config.vocab_size, (2, 5)).astype(np.int32)
-    logits = llm(Tensor(ids)).asnumpy()
+    layer, decoder = llm.model.layers[0], llm.model
+    b, s = 2, 5
+    x = rng.standard_normal((b, s, config.hidden_size)).astype(np.float32)
+    positions = Tensor(np.tile(np.arange(s, dtype=np.int32), (b, 1)))
+    cos = ms.ops.gather(decoder.rope_cos, positions, 0).reshape(b, 1, s, -1)
+    sin = ms.ops.gather(decoder.rope_sin, positions, 0).reshape(b, 1, s, -1)
+    mask_bias = Tensor(np.where(np.tril(np.ones((s, s), bool)), 0.0, np.finfo(np.float32).min)
+                       .astype(np.float32).reshape(1, 1, s, s))
+    out = layer(Tensor(x), cos, sin, mask_bias, None, None, None)[0].asnumpy()
+    attn = layer.self_attn(layer.input_layernorm(Tensor(x)), cos, sin, mask_bias)[0].asnumpy().astype(np.float64)
 
-    x = llm.model.embed_tokens.weight.asnumpy()[ids]
-    h = x + x @ layer.augmented_shortcut.weight.asnumpy().T
-    h = h / np.sqrt((h * h).mean(-1, keepdims=True) + config.rms_norm_eps) * llm.model.norm.weight.asnumpy()
-    np.testing.assert_allclose(logits, h @ llm.lm_head.weight.asnumpy().T, atol=1e-4)
+    w_in = layer.attn_linear.in_proj.weight.asnumpy().astype(np.float64)
+    w_out = layer.attn_linear.out_proj.weight.asnumpy().astype(np.float64)
+    z = attn @ w_in.T
+    h = x + attn + (z * _sigmoid(1.702 * z)) @ w_out.T
+    normed = h / np.sqrt((h * h).mean(-1, keepdims=True) + config.rms_norm_eps)
+    normed *= layer.post_attention_layernorm.weight.asnumpy()
+    w = {n: p.asnumpy().astype(np.float64) for n, p in layer.mlp.parameters_and_names()}
+    gate = normed @ w["gate_proj.weight"].T
+    ffn = (gate * _sigmoid(gate) * (normed @ w["up_proj.weight"].T)) @ w["down_proj.weight"].T
+    np.testing.assert_allclose(out, h + ffn, atol=1e-4)
+    assert np.abs((z * _sigmoid(1.702 * z)) @ w_out.T).mean() > 0.05  # the shortcut visibly matters
 
 
-def test_augmented_shortcut_starts_at_zero_so_it_does_not_change_a_model(rng):
-    plain = LLM(tiny_config())
-    shortcut = LLM(tiny_config(augmented_shortcut_layers=[1]))
-    randomize(plain)
-    shortcut_params = dict(shortcut.parameters_and_names())
-    for name, param in plain.parameters_and_names():
-        shortcut_params[name].set_data(param.value())
-    ids = Tensor(rng.integers(0, 61, (1, 6)).astype(np.int32))
-    np.testing.assert_array_equal(plain(ids).asnumpy(), shortcut(ids).asnumpy())
-
-
-def test_chunked_prefill_and_decode_steps_equal_the_full_forward(rng):
+@pytest.mark.parametrize("layout", [{}, dict(PANGU, layer_split=1)], ids=["llama", "pangu"])
+def test_chunked_prefill_and_decode_steps_equal_the_full_forward(rng, layout):
     """Writing the cache at a nonzero cache_position (several tokens at once, then one) changes nothing."""
-    config = tiny_config(tie_word_embeddings=True)
+    config = tiny_config(tie_word_embeddings=True, **layout)
     llm = LLM(config)
     randomize(llm)
     ids = rng.integers(0, config.vocab_size, (2, 8)).astype(np.int32)

@@ -1,6 +1,6 @@
 """Stage 3 at the LLM level: dense -> EVF conversion, the language-only promise, freezing, aux losses.
 
-Bit-exact comparisons keep B*S and the expert capacity at 16 or more rows (see tests/models/test_evf.py).
+Bit-exact multimodal comparisons use row counts that are multiples of 48 (see tests/models/test_evf.py).
 """
 import mindspore as ms
 import numpy as np
@@ -78,15 +78,20 @@ def test_language_only_logits_are_bit_identical_to_the_dense_model(dense_llm, an
 
 
 def test_multimodal_logits_at_conversion_equal_the_dense_model_when_nothing_is_dropped(dense_llm):
-    evf_llm = convert_dense_to_evf(dense_llm, _evf_config(strategy="img_gbpr", combine="unit", capacity_factor=1.5))
-    evf_llm.set_train(True)
-    ids, mask, is_image, _ = _batch()
-    noise = np.random.default_rng(2).random((2, BATCH, SEQ)).astype(np.float32)
+    evf_llm = convert_dense_to_evf(dense_llm, _evf_config(strategy="img_gbpr", combine="unit", capacity_factor=1.0))
+    evf_llm.set_train(True)  # the training capacity (1.0) is the one under test
+    seq = 48  # 96 token rows and 48 slots per expert: whole matmul blocks on every CPU (module doc)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(3, CONFIG.vocab_size, (BATCH, seq)).astype(np.int32)
+    mask = np.ones((BATCH, seq), np.int32)
+    mask[1, :3] = 0
+    is_image = np.zeros((BATCH, seq), bool)
+    is_image[:, 4:28] = True  # 48 image tokens -> vision; 45 real text tokens -> language
+    noise = np.random.default_rng(2).random((2, BATCH, seq)).astype(np.float32)
     logits, _, _, _, stats = _forward(evf_llm, ids, mask, is_image, noise)
     stats = stats.asnumpy()
     assert stats.shape == (2, NUM_ROUTING_STATS)
-    # 29 valid tokens: 15 image -> vision, 14 text -> language; capacity 24: nothing dropped
-    np.testing.assert_array_equal(stats, np.tile([29, 14, 15, 0, 0], (2, 1)))
+    np.testing.assert_array_equal(stats, np.tile([93, 45, 48, 0, 0], (2, 1)))  # capacity 48: nothing dropped
     real = mask.astype(bool)  # padding positions get no FFN output in an EVF layer: compare real tokens
     dense_logits = _forward(dense_llm, ids, mask)[0].asnumpy()
     np.testing.assert_array_equal(logits.asnumpy()[real].view(np.uint32), dense_logits[real].view(np.uint32))
@@ -149,3 +154,28 @@ def test_stage3_freezing_trains_only_vision_ffns_and_routers(dense_llm):
     moe_names = freeze_for_stage3(evf_llm, train_language_ffn=True)
     assert len(moe_names) == 14 and any("language_ffn" in n for n in moe_names)
     assert all(isinstance(evf_llm.model.layers[i].mlp, EVFLayer) for i in (0, 2))
+
+
+def test_series_ffn_model_keeps_language_only_logits_bit_identical_and_trains_its_vision_copies():
+    """PanGu-pi Pro's layers (series FFN below the split, SwiGLU + attention shortcut above): each vision
+    expert is a copy of its layer's own FFN kind, and the language-only path is the dense model bit for bit."""
+    config = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=4, num_heads=4,
+                       num_kv_heads=2, ffn_below_split="series", attn_shortcut_width=8, layer_split=2,
+                       attention_bias=True)
+    ms.set_seed(1)
+    dense = LLM(config)
+    evf_llm = convert_dense_to_evf(dense, _evf_config(layers="all"))
+    kinds = [(evf_llm.model.layers[i].mlp.language_ffn.kind, evf_llm.model.layers[i].mlp.vision_ffn.kind)
+             for i in range(4)]
+    assert kinds == [("series", "series")] * 2 + [("swiglu", "swiglu")] * 2
+    np.testing.assert_array_equal(evf_llm.model.layers[1].mlp.vision_ffn.gate_proj2.weight.asnumpy(),
+                                  dense.model.layers[1].mlp.gate_proj2.weight.asnumpy())
+    evf_llm.set_evf_mode("language_only")
+    ids, mask, is_image, _ = _batch(seed=7)
+    noise = np.random.default_rng(8).random((4, BATCH, SEQ)).astype(np.float32)
+    logits = _forward(evf_llm, ids, mask, is_image, noise)[0].asnumpy()
+    np.testing.assert_array_equal(logits.view(np.uint32), _forward(dense, ids, mask)[0].asnumpy().view(np.uint32))
+    trainable = freeze_for_stage3(evf_llm)
+    assert {n for n in trainable if "gate_proj2" in n} == {f"model.layers.{i}.mlp.vision_ffn.gate_proj2.weight"
+                                                           for i in (0, 1)}
+    assert not any("attn_linear" in n for n in trainable)

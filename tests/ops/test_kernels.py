@@ -1,7 +1,7 @@
 """Native allocation kernels: exact agreement with the numpy reference, backend selection, build cache.
 
 The CPU kernel runs here; the CUDA kernel is compiled (nvcc exists, no GPU); the AscendC
-project can only be checked for consistency and for its build script's refusal without CANN.
+operator is checked on the host in test_ascend_kernel.py.
 """
 import ctypes
 import json
@@ -279,47 +279,6 @@ def test_kernel_cache_outside_the_mindspore_aot_white_list_is_a_clear_error(monk
     assert kernel_op_spec("cpu", 8, "gbpr", 4, build=False).target == "CPU"
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
-def test_ascendc_kernel_algorithm_equals_reference_on_host(tmp_path):
-    # op_kernel/img_gbpr_allocation.cpp compiled with g++ against a host stand-in of the AscendC
-    # memory API (host_check/): checks the kernel's algorithm and indexing, not CANN itself.
-    library = tmp_path / "img_gbpr_host.so"
-    subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", f"-I{ASCEND_PROJECT / 'host_check'}",
-                    f"-I{ASCEND_PROJECT / 'op_host'}", "-o", str(library),
-                    str(ASCEND_PROJECT / "host_check" / "host_check.cpp")], check=True, capture_output=True)
-    run = ctypes.CDLL(str(library)).ImgGbprAllocationOnHost
-    rng = np.random.default_rng(2024)
-    ptr = lambda a: ctypes.c_void_p(a.ctypes.data)  # noqa: E731
-    redistributed = 0
-    for trial in range(120):
-        num_tokens = int(rng.integers(1, 200))
-        strategy = STRATEGIES[trial % 3]
-        if trial % 2:
-            p_vision = rng.choice(TIE_VALUES, num_tokens)
-            noise = _signed_zeros(rng.choice(TIE_VALUES[:-1], num_tokens), rng)
-        else:
-            p_vision, noise = rng.random(num_tokens), rng.random(num_tokens)
-        probs, noise = np.ascontiguousarray(_probs(p_vision)), noise.astype(np.float32)
-        is_image = rng.random(num_tokens) < (0.05, 0.5, 0.95)[trial % 3]
-        valid = rng.random(num_tokens) < (0.0, 0.5, 0.9, 1.0)[trial % 4]
-        capacity_factor, min_capacity = (0.1, 0.5, 1.0, 1.5, 3.0)[trial % 5], (0, 1, 4)[trial % 3]
-        beta, ratio = (0.0, 0.25, 1.0, 3.0)[trial % 4], (0.0, 0.3, 0.5, 1.0)[(trial // 4) % 4]
-        ref = allocate_reference(probs, is_image, valid, noise, strategy=strategy, capacity_factor=capacity_factor,
-                                 min_capacity=min_capacity, beta=beta, redistribute_ratio=ratio)
-        redistributed += int(ref["redistributed"])
-        for work_in_ub in (1, 0):
-            expert, slot = np.empty(num_tokens, np.int32), np.empty(num_tokens, np.int32)
-            counts = np.empty(4, np.int32)
-            status = run(ctypes.c_int64(num_tokens), ptr(probs), ptr(is_image), ptr(valid), ptr(noise),
-                         ctypes.c_int64(ref["capacity"]), ctypes.c_int64(trial % 3), ctypes.c_float(beta),
-                         ctypes.c_float(ratio), ctypes.c_int(work_in_ub), ptr(expert), ptr(slot), ptr(counts))
-            assert status == 0, "out-of-bounds access in the AscendC kernel"
-            np.testing.assert_array_equal(expert, ref["expert"])
-            np.testing.assert_array_equal(slot, ref["slot"])
-            np.testing.assert_array_equal(counts, [*ref["kept"], ref["dropped"], ref["redistributed"]])
-    assert redistributed > 0
-
-
 @pytest.mark.parametrize("backend, device", [("cuda", "GPU"), ("ascend", "Ascend")])
 def test_device_kernels_refuse_to_build_for_another_device(backend, device):
     with pytest.raises(RuntimeError, match=device):
@@ -381,16 +340,10 @@ def test_cuda_kernel_compiles_with_nvcc():
     library = build_kernel("cuda")
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True,
                              check=True).stdout
-    assert re.search(r"\bEveAllocationCuda\b", symbols) and re.search(r"\bEveAllocationCudaInit\b", symbols)
-
-
-def test_ascend_build_script_without_cann_says_what_is_missing(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND")}
-    proc = subprocess.run(["bash", str(ASCEND_PROJECT / "build.sh")], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "ASCEND_HOME_PATH" in proc.stderr and "CANN" in proc.stderr
-    assert not (ASCEND_PROJECT / "build_out").exists()
+    entries = ("EveAllocationCuda", "EveAllocationCudaInit", "EveAllocationCudaRaw",
+               "EveAllocationCudaRawWorkspaceBytes")
+    for entry in entries:
+        assert re.search(rf"\b{entry}\b", symbols), entry  # MindSpore's AOT entry points and the raw ones
 
 
 def test_bench_allocation_times_every_backend_side_by_side():

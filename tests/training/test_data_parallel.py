@@ -78,8 +78,11 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path):
 
     # rank 0 alone wrote the run's files
     # (MindFormers' own log folder lands here or wherever $LOG_MF_PATH already pointed: not ours to check)
-    assert sorted(set(os.listdir(out)) - {"mindformers_log"}) == ["checkpoints", "config.yaml", "model.safetensors",
-                                                                  "train_log.jsonl"]
+    written = sorted(set(os.listdir(out)) - {"mindformers_log"})
+    events = [name for name in written if name.startswith("events.out.tfevents.")]
+    assert len(events) == 1  # rank 0's TensorBoard log
+    assert [name for name in written if name not in events] == ["checkpoints", "config.yaml", "model.safetensors",
+                                                                 "train_log.jsonl"]
     weights, _ = read_safetensors(str(out / "model.safetensors"))
     for param in task.network.get_parameters():
         np.testing.assert_allclose(weights[param.name], param.asnumpy(), atol=1e-5, err_msg=param.name)

@@ -10,7 +10,9 @@ from eve_ms.training import stages
 from eve_ms.training.config import load_train_config, train_config_from_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-YAMLS = sorted(glob.glob(os.path.join(REPO, "yaml_configs", "**", "*.yaml"), recursive=True))
+DATA_RECIPES = os.path.join(REPO, "yaml_configs", "data")  # `eve-ms data mix` recipes, not run configs (tests/data)
+YAMLS = sorted(p for p in glob.glob(os.path.join(REPO, "yaml_configs", "**", "*.yaml"), recursive=True)
+               if not p.startswith(DATA_RECIPES + os.sep))
 PAPER = os.path.join(REPO, "yaml_configs", "eve_siglip_pangu1.5b")
 TINY = os.path.join(REPO, "yaml_configs", "tiny")
 PAPER_WORLD_SIZE = 8  # the paper's 8 x V100; the paper yamls pin parallel_config.data_parallel to it

@@ -85,3 +85,32 @@ def test_merged_network_matches_lora_network_and_has_no_lora_cells():
     assert sorted(p.name for p in net.get_parameters()) == base_names
     np.testing.assert_allclose(net.llm(net.adapter(x))[0].asnumpy(), lora_logits, atol=1e-5)
     np.testing.assert_allclose(net(x, labels)[0].asnumpy(), lora_loss, atol=1e-5)
+
+
+def test_lora_reaches_pangu_pi_pro_layers_second_gate_and_attention_shortcut():
+    from eve_ms.config import LLMConfig
+    from eve_ms.models.llm import LLM
+
+    class Wrapper(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.llm = LLM(LLMConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=2,
+                                     ffn_below_split="series", attn_shortcut_width=8, layer_split=1))
+
+        def construct(self, ids):
+            return self.llm(ids)
+
+    ms.set_seed(0)
+    net = Wrapper()
+    ids = ms.Tensor(np.arange(10, dtype=np.int32).reshape(2, 5))
+    before = net(ids).asnumpy()
+    apply_lora(net, "llm", LoraSettings(lora_rank=2, lora_alpha=4, lora_dropout=0.0))
+    cells = _lora_cells(net)
+    assert {"llm.model.layers.0.mlp.gate_proj2", "llm.model.layers.1.attn_linear.in_proj",
+            "llm.model.layers.1.attn_linear.out_proj"} <= set(cells)
+    np.testing.assert_allclose(net(ids).asnumpy(), before, atol=1e-6)  # LoRA's B starts at zero
+    _train_lora_a_few_steps(net, ids)
+    adapted = net(ids).asnumpy()
+    assert np.abs(adapted - before).max() > 1e-4
+    merge_lora(net)
+    np.testing.assert_allclose(net(ids).asnumpy(), adapted, atol=1e-5)

@@ -1,5 +1,6 @@
 """Training steps of the toy task: gradient normalisation and accumulation, freezing, lr, NaN and precision."""
 import math
+import os
 
 import mindspore as ms
 import numpy as np
@@ -192,3 +193,35 @@ def test_float16_overflow_skips_the_step_and_lowers_the_loss_scale(tmp_path):
     second = trainer.train_step([trainer._next_micro_batch()])
     assert second["loss_scale"] == 2.0**10 and not second["skipped"] and math.isfinite(second["grad_norm"])
     assert np.abs(adapter.asnumpy() - before).max() > 0
+
+
+def _tensorboard_scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every event
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_every_logged_scalar(lora_run):
+    _, _, _, out = lora_run
+    assert len([f for f in os.listdir(out) if f.startswith("events.out.tfevents.")]) == 1  # beside train_log.jsonl
+    records = read_log(str(out / "train_log.jsonl"))
+    scalars = _tensorboard_scalars(out)
+    expected = {f"train/{key}": [(r["step"], r[key]) for r in records]
+                for key in ("loss", "lr", "grad_norm", "tokens_per_s", "aux_loss")}
+    for layer in ("layer_0", "layer_1"):
+        expected[f"token_success_rate/{layer}"] = [(r["step"], r["token_success_rate"][layer]) for r in records]
+    assert set(scalars) == set(expected)
+    for tag, points in expected.items():
+        assert [s for s, _ in scalars[tag]] == [s for s, _ in points] == list(range(1, 7)), tag
+        # event files store float32
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [v for _, v in points], rtol=1e-6, err_msg=tag)
+
+
+def test_tensorboard_off_writes_no_event_file(tmp_path):
+    trainer, _ = make_trainer(tmp_path, micro=4, accum=1, runner_config={"batch_size": 4, "stop_step": 1},
+                              logging={"progress_bar": False, "plot_at_end": False, "tensorboard": False})
+    trainer.fit()
+    assert [r["step"] for r in read_log(str(tmp_path / "train_log.jsonl"))] == [1]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents.")]

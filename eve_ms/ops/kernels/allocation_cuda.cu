@@ -4,15 +4,20 @@
 // token gets one 64-bit key  [group:2 | ~ordered(priority):32 | token index:ib]  (ib = bits
 // needed for T), so one CUB radix sort yields, per group, "priority descending, index
 // ascending" with no comparator and no ties (keys are unique):
-//   pass 1: group = preferred expert (0/1), 3 for padding; a token's rank inside its group
-//           is its sorted position minus the group start; rank < capacity keeps it, slot = rank.
+//   pass 1: group = preferred expert (0/1), 3 for padding and for a valid token whose probability
+//           row holds a NaN or inf (dropped: counted as valid, never kept, never offered); a token's
+//           rank inside its group is its sorted position minus the group start; rank < capacity
+//           keeps it, slot = rank.
 //   pass 2 (img_gbpr only): group = target expert of an offered overflow token, priority
 //           S[x, target]; rank < remaining room accepts it, slot = used + rank.
 // Counts are derived from per-group totals, so no per-token atomics on the outputs.
 // Limits: T < 2^30 tokens (index bits); the sort runs over 34 + ib bits. Workspace (set in
 // Init): two key buffers (16 B/token), 8 counters, CUB temporary storage.
 //
-// Entry points: EveAllocationCudaInit (attributes + workspace size), EveAllocationCuda.
+// Entry points: EveAllocationCudaInit (attributes + workspace size) and EveAllocationCuda for
+// MindSpore's ops.Custom(func_type="aot"); EveAllocationCudaRawWorkspaceBytes and EveAllocationCudaRaw,
+// the same computation on raw device pointers and a stream, for callers without MindSpore (the GPU
+// parity path calls them through ctypes on PyTorch CUDA tensors, tools/cuda_raw.py).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -94,9 +99,15 @@ __global__ void PrepareKeys(int64_t num_tokens, const float *probs, const bool *
     keys[t] = PaddingKey(token, index_bits);
     return;
   }
-  const auto pref = eve_alloc::Prefer(probs[2 * t], probs[2 * t + 1], is_image[t], noise[t], params);
-  atomicAdd(&counters[pref.expert == 0 ? kPreferred0 : kPreferred1], 1);
   atomicAdd(&counters[kValid], 1);
+  const float p0 = probs[2 * t];
+  const float p1 = probs[2 * t + 1];
+  if (!isfinite(p0) || !isfinite(p1)) {  // non-finite router row: dropped, sorts with the padding
+    keys[t] = PaddingKey(token, index_bits);
+    return;
+  }
+  const auto pref = eve_alloc::Prefer(p0, p1, is_image[t], noise[t], params);
+  atomicAdd(&counters[pref.expert == 0 ? kPreferred0 : kPreferred1], 1);
   keys[t] = GroupKey(static_cast<uint64_t>(pref.expert), pref.priority, token, index_bits);
 }
 
@@ -164,6 +175,12 @@ __global__ void WriteCounts(Params params, const int32_t *counters, int32_t *cou
   counts[3] = static_cast<int32_t>(accepted[0] + accepted[1]);
 }
 
+cudaError_t CubBytes(int64_t num_tokens, size_t *bytes) {
+  return cub::DeviceRadixSort::SortKeys(nullptr, *bytes, static_cast<const uint64_t *>(nullptr),
+                                        static_cast<uint64_t *>(nullptr), static_cast<int>(num_tokens), 0,
+                                        34 + IndexBits(num_tokens));
+}
+
 int Fail(int code, const char *why) {
   std::fprintf(stderr, "EveAllocationCuda: %s\n", why);
   return code;
@@ -174,6 +191,40 @@ int CheckLaunch(const char *stage) {
   if (err == cudaSuccess) return 0;
   std::fprintf(stderr, "EveAllocationCuda: %s failed: %s\n", stage, cudaGetErrorString(err));
   return 4;
+}
+
+// The whole allocation on `cu_stream`: keys, sort, keep, (img_gbpr) offers, sort, accept, counts.
+int Launch(int64_t num_tokens, const float *probs, const bool *is_image, const bool *valid, const float *noise,
+           const Params &p, int index_bits, int32_t *expert, int32_t *slot, int32_t *counts, void *workspace,
+           size_t cub_bytes, cudaStream_t cu_stream) {
+  Workspace ws = CarveWorkspace(workspace, num_tokens);
+  const int ib = index_bits;
+  const int end_bit = 34 + ib;
+  const unsigned blocks = static_cast<unsigned>((num_tokens + kThreads - 1) / kThreads);
+
+  if (cudaMemsetAsync(ws.counters, 0, kNumCounters * sizeof(int32_t), cu_stream) != cudaSuccess) {
+    return Fail(4, "clearing counters failed");
+  }
+  PrepareKeys<<<blocks, kThreads, 0, cu_stream>>>(num_tokens, probs, is_image, valid, noise, p, ib, ws.keys_a, expert,
+                                                  slot, ws.counters);
+  if (int code = CheckLaunch("PrepareKeys")) return code;
+  if (cub::DeviceRadixSort::SortKeys(ws.cub_temp, cub_bytes, ws.keys_a, ws.keys_b, static_cast<int>(num_tokens), 0,
+                                     end_bit, cu_stream) != cudaSuccess) {
+    return Fail(4, "radix sort (pass 1) failed");
+  }
+  KeepTopCapacity<<<blocks, kThreads, 0, cu_stream>>>(num_tokens, ws.keys_b, probs, is_image, noise, p, ib,
+                                                      ws.counters, expert, slot, ws.keys_a);
+  if (int code = CheckLaunch("KeepTopCapacity")) return code;
+  if (p.strategy == eve_alloc::kImgGbpr) {
+    if (cub::DeviceRadixSort::SortKeys(ws.cub_temp, cub_bytes, ws.keys_a, ws.keys_b, static_cast<int>(num_tokens),
+                                       0, end_bit, cu_stream) != cudaSuccess) {
+      return Fail(4, "radix sort (pass 2) failed");
+    }
+    AcceptOffers<<<blocks, kThreads, 0, cu_stream>>>(num_tokens, ws.keys_b, p, ib, ws.counters, expert, slot);
+    if (int code = CheckLaunch("AcceptOffers")) return code;
+  }
+  WriteCounts<<<1, 1, 0, cu_stream>>>(p, ws.counters, counts);
+  return CheckLaunch("WriteCounts");
 }
 
 }  // namespace
@@ -199,12 +250,8 @@ extern "C" int EveAllocationCudaInit(int *ndims, int64_t **shapes, const char **
   attrs->params.ratio = extra->GetAttrFloat(eve_alloc::kAttrRatio);
   attrs->num_tokens = shapes[0][0];
   attrs->index_bits = IndexBits(attrs->num_tokens);
-  const int end_bit = 34 + attrs->index_bits;
   size_t cub_bytes = 0;
-  const cudaError_t err = cub::DeviceRadixSort::SortKeys(nullptr, cub_bytes, static_cast<const uint64_t *>(nullptr),
-                                                         static_cast<uint64_t *>(nullptr),
-                                                         static_cast<int>(attrs->num_tokens), 0, end_bit);
-  if (err != cudaSuccess) {
+  if (CubBytes(attrs->num_tokens, &cub_bytes) != cudaSuccess) {
     delete attrs;
     return Fail(4, "querying the CUB radix sort workspace failed");
   }
@@ -234,41 +281,36 @@ extern "C" int EveAllocationCuda(int nparam, void **params, int *ndims, int64_t 
   if (p.capacity < 0 || p.strategy < eve_alloc::kRandom || p.strategy > eve_alloc::kImgGbpr) {
     return Fail(3, "invalid attributes (capacity < 0 or unknown strategy code)");
   }
-  auto cu_stream = static_cast<cudaStream_t>(stream);
-  const auto *probs = static_cast<const float *>(params[0]);
-  const auto *is_image = static_cast<const bool *>(params[1]);
-  const auto *valid = static_cast<const bool *>(params[2]);
-  const auto *noise = static_cast<const float *>(params[3]);
-  auto *expert = static_cast<int32_t *>(params[4]);
-  auto *slot = static_cast<int32_t *>(params[5]);
-  auto *counts = static_cast<int32_t *>(params[6]);
-  Workspace ws = CarveWorkspace(params[7], num_tokens);
-  const int ib = attrs->index_bits;
-  const int end_bit = 34 + ib;
-  const unsigned blocks = static_cast<unsigned>((num_tokens + kThreads - 1) / kThreads);
-  size_t cub_bytes = attrs->cub_bytes;
+  return Launch(num_tokens, static_cast<const float *>(params[0]), static_cast<const bool *>(params[1]),
+                static_cast<const bool *>(params[2]), static_cast<const float *>(params[3]), p, attrs->index_bits,
+                static_cast<int32_t *>(params[4]), static_cast<int32_t *>(params[5]), static_cast<int32_t *>(params[6]),
+                params[7], attrs->cub_bytes, static_cast<cudaStream_t>(stream));
+}
 
-  if (cudaMemsetAsync(ws.counters, 0, kNumCounters * sizeof(int32_t), cu_stream) != cudaSuccess) {
-    return Fail(4, "clearing counters failed");
+extern "C" size_t EveAllocationCudaRawWorkspaceBytes(int64_t num_tokens) {
+  if (num_tokens < 1 || num_tokens >= (int64_t{1} << 30)) return 0;
+  size_t cub_bytes = 0;
+  if (CubBytes(num_tokens, &cub_bytes) != cudaSuccess) return 0;
+  return WorkspaceBytes(num_tokens, cub_bytes);
+}
+
+// Inputs and outputs are device pointers (probs [T, 2] float32, masks [T] bool, noise [T] float32; expert,
+// slot [T] int32, counts [4] int32); `workspace` holds EveAllocationCudaRawWorkspaceBytes(T) bytes;
+// `stream` is a cudaStream_t (0: the default stream). Returns 0, or the codes of EveAllocationCuda.
+extern "C" int EveAllocationCudaRaw(int64_t num_tokens, const float *probs, const bool *is_image, const bool *valid,
+                                    const float *noise, int64_t capacity, int64_t strategy, float beta, float ratio,
+                                    int32_t *expert, int32_t *slot, int32_t *counts, void *workspace,
+                                    size_t workspace_bytes, void *stream) {
+  if (num_tokens < 1 || num_tokens >= (int64_t{1} << 30)) return Fail(2, "T must be in [1, 2^30)");
+  if (capacity < 0 || capacity > num_tokens || strategy < eve_alloc::kRandom || strategy > eve_alloc::kImgGbpr) {
+    return Fail(3, "invalid attributes (capacity outside [0, T] or unknown strategy code)");
   }
-  PrepareKeys<<<blocks, kThreads, 0, cu_stream>>>(num_tokens, probs, is_image, valid, noise, p, ib, ws.keys_a, expert,
-                                                  slot, ws.counters);
-  if (int code = CheckLaunch("PrepareKeys")) return code;
-  if (cub::DeviceRadixSort::SortKeys(ws.cub_temp, cub_bytes, ws.keys_a, ws.keys_b, static_cast<int>(num_tokens), 0,
-                                     end_bit, cu_stream) != cudaSuccess) {
-    return Fail(4, "radix sort (pass 1) failed");
+  size_t cub_bytes = 0;
+  if (CubBytes(num_tokens, &cub_bytes) != cudaSuccess) return Fail(4, "querying the CUB radix sort workspace failed");
+  if (workspace == nullptr || workspace_bytes < WorkspaceBytes(num_tokens, cub_bytes)) {
+    return Fail(2, "workspace smaller than EveAllocationCudaRawWorkspaceBytes(T)");
   }
-  KeepTopCapacity<<<blocks, kThreads, 0, cu_stream>>>(num_tokens, ws.keys_b, probs, is_image, noise, p, ib,
-                                                      ws.counters, expert, slot, ws.keys_a);
-  if (int code = CheckLaunch("KeepTopCapacity")) return code;
-  if (p.strategy == eve_alloc::kImgGbpr) {
-    if (cub::DeviceRadixSort::SortKeys(ws.cub_temp, cub_bytes, ws.keys_a, ws.keys_b, static_cast<int>(num_tokens),
-                                       0, end_bit, cu_stream) != cudaSuccess) {
-      return Fail(4, "radix sort (pass 2) failed");
-    }
-    AcceptOffers<<<blocks, kThreads, 0, cu_stream>>>(num_tokens, ws.keys_b, p, ib, ws.counters, expert, slot);
-    if (int code = CheckLaunch("AcceptOffers")) return code;
-  }
-  WriteCounts<<<1, 1, 0, cu_stream>>>(p, ws.counters, counts);
-  return CheckLaunch("WriteCounts");
+  const Params p{capacity, strategy, beta, ratio};
+  return Launch(num_tokens, probs, is_image, valid, noise, p, IndexBits(num_tokens), expert, slot, counts, workspace,
+                cub_bytes, static_cast<cudaStream_t>(stream));
 }
