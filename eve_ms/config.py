@@ -272,7 +272,10 @@ class EVFConfig:
     layers: Union[str, list] = "alternate"
     mode: str = "multimodal"  # multimodal | language_only | moe
     strategy: str = "img_gbpr"  # random | gbpr | img_gbpr
-    capacity_factor: float = 1.5
+    capacity_factor: float = 1.5  # while the layer trains
+    # otherwise (set_train(False): generation, eval, chat); 2.0 = every token slot with two experts, as the
+    # Eve release evaluates: inference drops nothing and does not depend on batching
+    eval_capacity_factor: float = 2.0
     min_capacity: int = 4
     beta: float = 1.0
     redistribute_ratio: float = 0.5

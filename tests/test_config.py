@@ -122,6 +122,16 @@ def test_configs_are_plain_dataclasses():
     assert all(dataclasses.is_dataclass(c) for c in (VisionConfig, AdapterConfig, LLMConfig, EVFConfig, EveConfig))
 
 
+def test_a_model_config_written_before_eval_capacity_factor_loads_with_the_default(tmp_path):
+    saved = tmp_path / "model_config.yaml"
+    save_eve_config(EveConfig(evf=EVFConfig(enabled=True, capacity_factor=1.25)), saved)
+    assert "eval_capacity_factor: 2.0" in saved.read_text()
+    old = tmp_path / "old_model_config.yaml"
+    old.write_text("".join(line for line in saved.read_text().splitlines(True) if "eval_capacity_factor" not in line))
+    config = load_eve_config(old)
+    assert config.evf.eval_capacity_factor == 2.0 and config.evf.capacity_factor == 1.25
+
+
 def test_removed_input_side_shortcut_key_loads_when_empty_and_otherwise_says_what_to_use(tmp_path):
     old = load_eve_config(_write(tmp_path, {"llm": {"augmented_shortcut_layers": []}}, "old.yaml"))
     assert old.llm == LLMConfig()

@@ -172,6 +172,11 @@ def _allocation_suite() -> list[AllocationCase]:
                        image_share=0.1, seed=11),
         AllocationCase("img_gbpr/T4096-mixed", 4096, "img_gbpr", capacity_factor=1.0, image_share=0.7,
                        redistribute_ratio=0.6, seed=12),
+        # NaN / inf router rows: dropped and counted by every backend (one policy, see token_allocation)
+        AllocationCase("img_gbpr/T4096-non-finite", 4096, "img_gbpr", capacity_factor=1.0, non_finite_share=0.02,
+                       seed=19),
+        AllocationCase("random/T512-non-finite", 512, "random", non_finite_share=0.05, seed=20),
+        AllocationCase("gbpr/T512-non-finite", 512, "gbpr", capacity_factor=0.75, non_finite_share=0.05, seed=21),
     ]
     # Sizes of a stage-3 batch (16 x 2048 = 32k tokens per device): the kernels' many-core paths.
     cases += [

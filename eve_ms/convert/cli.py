@@ -45,10 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("moe-llava", help="original Eve / MoE-LLaVA checkpoint -> eve-ms checkpoint")
     p.add_argument("--src", required=True, help="original checkpoint folder (config.json + weights)")
     p.add_argument("--vision", required=True, help="Hugging Face vision folder giving the encoder's architecture")
-    p.add_argument("--strategy", default="img_gbpr", choices=["img_gbpr", "gbpr", "random"],
-                   help="token allocation of the EVF layers")
-    p.add_argument("--evf-mode", default="multimodal", choices=["multimodal", "language_only", "moe"])
-    p.add_argument("--capacity-factor", type=float, default=None, help="default: the source's moe.capacity_factor")
+    p.add_argument("--evf-mode", default=None, choices=["moe", "multimodal", "language_only"],
+                   help="moe (default): the source's top-1 MoE, every token routed by the gate, text-only input "
+                        "too; multimodal: Eve's EVF, text-only input takes the language FFN alone (a different "
+                        "function from the source's); language_only: the language FFN (expert 0) on every token")
+    p.add_argument("--strategy", default=None, choices=["gbpr", "random", "img_gbpr"],
+                   help="allocation in multimodal mode (moe mode always routes by gbpr): gbpr (default) keeps an "
+                        "over-full expert's tokens of highest gate probability; random keeps a random choice, as "
+                        "DeepSpeed's random token selection; img_gbpr adds Eve's modality prior (image tokens "
+                        "prefer the vision FFN) and redistributes overflow, which the source does not do")
+    p.add_argument("--combine", default=None, choices=["prob", "unit"],
+                   help="prob (default): the expert output times its gate probability, as DeepSpeed; unit: the "
+                        "expert output unscaled (Eve's EVF)")
+    p.add_argument("--capacity-factor", type=float, default=None,
+                   help="capacity factor while training (default: the source's moe.capacity_factor)")
+    p.add_argument("--eval-capacity-factor", type=float, default=None,
+                   help="capacity factor at inference (default: the source's moe.eval_capacity_factor; 2 or more "
+                        "drops no token with two experts)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the source folder's)")
     p.add_argument("--out", required=True, help="output checkpoint folder")
 
@@ -83,8 +96,9 @@ def _convert(args: argparse.Namespace) -> dict:
         from eve_ms.convert.moe_llava import convert_moe_llava
 
         _, config, tokenizer, notes = convert_moe_llava(
-            args.src, args.out, args.vision, strategy=args.strategy, mode=args.evf_mode,
-            capacity_factor=args.capacity_factor, tokenizer=args.tokenizer,
+            args.src, args.out, args.vision, strategy=args.strategy, mode=args.evf_mode, combine=args.combine,
+            capacity_factor=args.capacity_factor, eval_capacity_factor=args.eval_capacity_factor,
+            tokenizer=args.tokenizer,
         )
         return {"evf_layers": config.evf.layer_indices(config.llm.num_layers), "tokenizer": tokenizer is not None,
                 "notes": notes}

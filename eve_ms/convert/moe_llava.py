@@ -37,6 +37,20 @@ Not convertible, each an error naming the tensors: MoE-LLaVA's residual MoE (`ml
 `mlp.coefficient`), more than two experts, and any tensor the model has no place for. A source
 that routes top-2 converts with a note: EVF layers route top-1 (DESIGN section 3).
 `export_moe_llava_state_dict` gives the names back for a round trip.
+
+Routing (`SOURCE_ROUTING`): by default the converted layers compute the source's function,
+DeepSpeed's top-1 MoE (`sharded_moe.top1gating` + `MOELayer`): every token, text-only input
+included, goes to the expert of its largest gate probability (ties to expert 0) and its output
+is multiplied by that probability, so `evf.mode: moe` (no language-only path, no modality
+prior, no redistribution) and `evf.combine: prob`. The capacity factors are the source's:
+`moe.capacity_factor` while training, `moe.eval_capacity_factor` otherwise (DeepSpeed's
+default 1.0 when the config has none), with `moe.min_capacity`; capacity = max(min_capacity,
+ceil(factor x T / 2)) as DeepSpeed's `_capacity`, capped at T. Where an expert is over-full,
+DeepSpeed keeps a random choice of its tokens (random token selection) and lets padding
+compete; eve-ms keeps those of highest gate probability and padding never competes. Both give
+the same output whenever the capacity holds every token, which eval_capacity_factor >= 2
+guarantees with two experts. `--evf-mode multimodal --strategy img_gbpr --combine unit` turns
+the layers into Eve's EVF instead (a different function from the source's).
 """
 from __future__ import annotations
 
@@ -57,6 +71,9 @@ SOURCE_LLM_TYPES = {
     "moe_llava_mistral": "mistral", "llava_mistral": "mistral",
     "moe_llava_zhizi": "internlm", "llava_zhizi": "internlm",
 }
+# What a converted MoE layer computes unless asked otherwise: the source's top-1 MoE (module doc)
+SOURCE_ROUTING = {"mode": "moe", "strategy": "gbpr", "combine": "prob"}
+DEEPSPEED_EVAL_CAPACITY_FACTOR = 1.0  # TopKGate's and MoE-LLaVA's config default
 PROJECTOR_TYPES = {"mlp2x_gelu": "mlp2x_gelu", "ldpnet": "ldp", "ldp": "ldp", "ldpnetv2": "ldpv2", "ldpv2": "ldpv2"}
 TOWER_PREFIXES = ("model.image_tower.image_tower.", "model.vision_tower.vision_tower.")
 TIMM_TOWER_PREFIX = "model.image_tower."  # the release's SigLIP tower is the image_tower itself
@@ -80,6 +97,7 @@ class SourceLayout:
     family: str  # llama | mistral | internlm
     moe_layers: list
     capacity_factor: float
+    eval_capacity_factor: float
     min_capacity: int
     projector_type: str
     select_layer: int
@@ -122,7 +140,11 @@ def read_source_config(path: str) -> SourceLayout:
     elif hf.get("mm_vision_select_feature", "patch") != "patch":
         raise ConfigError(f"{config_path}: mm_vision_select_feature={hf['mm_vision_select_feature']!r}; "
                           "only 'patch' (the class token dropped) is supported")
+    if layers and "eval_capacity_factor" not in moe:
+        notes.append(f"moe.eval_capacity_factor not in the config: DeepSpeed's default "
+                     f"{DEEPSPEED_EVAL_CAPACITY_FACTOR} applies at inference")
     return SourceLayout(llm, family, sorted(layers), float(moe.get("capacity_factor", 1.5)),
+                        float(moe.get("eval_capacity_factor", DEEPSPEED_EVAL_CAPACITY_FACTOR)),
                         int(moe.get("min_capacity", 4)), PROJECTOR_TYPES[projector], select_layer, timm_siglip, notes)
 
 
@@ -165,13 +187,14 @@ def _unexpected_error(names: list, src: str) -> CheckpointError:
     return CheckpointError(f"{src}: tensors the eve-ms model has no place for: {listed}{detail}")
 
 
-def convert_moe_llava(src: str, out: str | None, vision: str, *, strategy: str = "img_gbpr",
-                      mode: str = "multimodal", capacity_factor: float | None = None,
-                      tokenizer: str | None = None):
+def convert_moe_llava(src: str, out: str | None, vision: str, *, strategy: str | None = None,
+                      mode: str | None = None, combine: str | None = None, capacity_factor: float | None = None,
+                      eval_capacity_factor: float | None = None, tokenizer: str | None = None):
     """Convert the original checkpoint folder `src`; written to `out` if given.
 
     `vision`: a Hugging Face (or eve-ms component) vision folder giving the encoder's
-    architecture. Returns (model, config, tokenizer or None, notes).
+    architecture. `mode`, `strategy`, `combine` default to `SOURCE_ROUTING`, the capacity
+    factors to the source's. Returns (model, config, tokenizer or None, notes).
     """
     from eve_ms.checkpoint_dir import save_eve_checkpoint
     from eve_ms.convert.hf_llm import with_internlm_o_proj_bias
@@ -195,8 +218,12 @@ def convert_moe_llava(src: str, out: str | None, vision: str, *, strategy: str =
         load_encoder_weights(encoder, tower_state, encoder.config, where=where)
     else:
         layout.notes.append(f"no vision tower in the checkpoint: its weights come from {vision}")
-    evf = EVFConfig(enabled=bool(layout.moe_layers), layers=layout.moe_layers or "alternate", strategy=strategy,
-                    mode=mode, capacity_factor=capacity_factor or layout.capacity_factor,
+    evf = EVFConfig(enabled=bool(layout.moe_layers), layers=layout.moe_layers or "alternate",
+                    strategy=strategy or SOURCE_ROUTING["strategy"], mode=mode or SOURCE_ROUTING["mode"],
+                    combine=combine or SOURCE_ROUTING["combine"],
+                    capacity_factor=layout.capacity_factor if capacity_factor is None else capacity_factor,
+                    eval_capacity_factor=(layout.eval_capacity_factor if eval_capacity_factor is None
+                                          else eval_capacity_factor),
                     min_capacity=layout.min_capacity)
     config = EveConfig(vision=encoder.config, adapter=AdapterConfig(type=layout.projector_type), llm=layout.llm,
                        evf=evf)

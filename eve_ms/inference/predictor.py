@@ -172,8 +172,7 @@ def build_predictor(checkpoint_dir: str, batch_size: int = 8, compute_dtype: str
     """An `EvePredictor` for an eve-ms checkpoint directory (model.safetensors, model_config.yaml, tokenizer/).
 
     `compute_dtype` float16 / bfloat16 runs the model under MindSpore's O2 mixed precision (as the
-    trainer does for that dtype) with the EVF routers put back to float32 (O2 alone casts them too),
-    float32 as it is.
+    trainer does for that dtype; the EVF routers stay float32, see `evf.Router`), float32 as it is.
     """
     from eve_ms.checkpoint_dir import TOKENIZER_DIR, load_eve_checkpoint
 
@@ -186,10 +185,5 @@ def build_predictor(checkpoint_dir: str, batch_size: int = 8, compute_dtype: str
     if compute_dtype != "float32":
         import mindspore as ms
 
-        from eve_ms.models.evf import EVFLayer
-
         ms.amp.auto_mixed_precision(model, "O2", dtype=getattr(ms, compute_dtype))  # casts the cells in place
-        for _, cell in model.cells_and_names():
-            if isinstance(cell, EVFLayer):  # O2 casts every Dense; the router is float32 under every dtype
-                cell.router.to_float(ms.float32)
     return EvePredictor(model, config, tokenizer, batch_size=batch_size, **kwargs)

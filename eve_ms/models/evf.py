@@ -19,12 +19,30 @@ P[x, expert] reaches the router (straight-through); `prob` multiplies it by P[x,
 Aux loss (paper): L_aux = sum_e F_e * G_e over valid tokens, F_e the fraction of valid
 tokens in expert e's buffer after the final allocation (redistributed tokens count for
 the expert that runs them), G_e the mean router probability of e (differentiable).
+
+Capacity: `evf_config.capacity_factor` while the layer trains, `eval_capacity_factor`
+otherwise (`set_train(False)`), as DeepSpeed's gate does; the default 2.0 gives each of the
+two experts every token slot, so inference drops nothing and a sample's output does not
+depend on what it is batched with. In graph mode the training flag is read when the graph
+compiles: `set_train` on the cell that is called (its phase keys the compiled graph), or
+before building the wrapper cell.
+
+Precision: the `Router` cell (weights, logits, softmax, allocation, aux loss, statistics)
+computes in float32 under every mixed-precision level: it refuses MindSpore's float16 /
+bfloat16 cast flags, so `amp.auto_mixed_precision` at any level leaves it out. Half-precision
+probabilities near 0.5 take few distinct values, so GBPR priorities would tie and ties go to
+the lower token index: position would decide. Only the FFNs and the combine run in the
+compute dtype.
+
+Non-finite router probabilities (NaN / inf in a valid token's row) follow the reference
+(`eve_ms.ops.token_allocation`): the token is dropped and counted, its output is zero, and
+the aux loss becomes non-finite so the trainer reports the step.
 """
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import nn, ops
-from mindspore.common.initializer import Normal
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, initializer
 
 from eve_ms.config import ConfigError, EVFConfig, LLMConfig
 from eve_ms.models.ffn import FeedForward
@@ -45,8 +63,9 @@ def check_evf_config(evf_config: EVFConfig) -> None:
         raise ConfigError(f"evf.mode must be one of {EVF_MODES}, got {evf_config.mode!r}")
     if evf_config.combine not in COMBINES:
         raise ConfigError(f"evf.combine must be one of {COMBINES}, got {evf_config.combine!r}")
-    if evf_config.capacity_factor <= 0:
-        raise ConfigError(f"evf.capacity_factor must be > 0, got {evf_config.capacity_factor}")
+    for key in ("capacity_factor", "eval_capacity_factor"):
+        if getattr(evf_config, key) <= 0:
+            raise ConfigError(f"evf.{key} must be > 0, got {getattr(evf_config, key)}")
     if evf_config.min_capacity < 0:
         raise ConfigError(f"evf.min_capacity must be >= 0, got {evf_config.min_capacity}")
     try:
@@ -55,13 +74,86 @@ def check_evf_config(evf_config: EVFConfig) -> None:
         raise ConfigError(f"evf: {err}") from err
 
 
+class Router(nn.Cell):
+    """The router and the token allocation of an EVF layer, in float32 whatever the mixed precision.
+
+    construct(tokens [T, H], is_image [T] bool, valid [T] bool, noise [T] float32)
+    -> (probs [T, 2] float32, expert [T] int32, slot [T] int32, aux_loss float32 scalar,
+        stats [NUM_ROUTING_STATS] float32 in ROUTING_STAT_NAMES order).
+
+    `weight` [2, H] gives expert e's logit in row e (DeepSpeed's `gate.wg`). The allocation
+    backend (composed MindSpore ops or a native kernel) is chosen at build time from
+    `evf_config.kernel` and the device target; a native kernel is built once per (T,
+    strategy, capacity). `strategy` is the one in use (the EVF layer sets it from its mode).
+    """
+
+    def __init__(self, hidden_size: int, evf_config: EVFConfig):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(ROUTER_INIT_STD), [NUM_EXPERTS, hidden_size], ms.float32),
+                                name="weight")
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.strategy = evf_config.strategy
+        self.capacity_factor = float(evf_config.capacity_factor)
+        self.eval_capacity_factor = float(evf_config.eval_capacity_factor)
+        self.min_capacity = int(evf_config.min_capacity)
+        self.beta = float(evf_config.beta)
+        self.redistribute_ratio = float(evf_config.redistribute_ratio)
+        from eve_ms.ops.kernels import KernelAllocation, select_backend  # evf.kernel: auto | composed | custom
+
+        self.backend = select_backend(evf_config.kernel, ms.get_context("device_target"))
+        # Native kernels fix T and the capacity as operator attributes: built at the first call
+        # with that key (in graph mode: while the graph compiles).
+        self._kernel_allocation = KernelAllocation
+        self._kernel_allocators = {}
+        self.to_float(ms.float32)
+
+    def add_flags(self, **flags):
+        """Mixed-precision flags other than float32 become float32: amp casts everything else, never the router."""
+        if flags.get("fp16") or flags.get("bf16"):
+            flags = dict(flags, fp16=False, bf16=False, fp32=True)
+        return super().add_flags(**flags)
+
+    def capacity(self, num_tokens: int) -> int:
+        """Slots per expert buffer for `num_tokens` = B*S token slots, in the current train/eval state."""
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        return compute_capacity(num_tokens, factor, self.min_capacity)
+
+    def probabilities(self, tokens):
+        """softmax(W x) [T, 2] in float32."""
+        return ops.softmax(self.matmul(tokens.astype(ms.float32), self.weight), -1)
+
+    def _allocate(self, probs, is_image, valid, noise, capacity):
+        num_tokens = probs.shape[0]
+        if self.backend == "composed":
+            return allocate_tokens(probs, is_image, valid, noise, strategy=self.strategy, capacity=capacity,
+                                   beta=self.beta, redistribute_ratio=self.redistribute_ratio)
+        key = (num_tokens, self.strategy, capacity)
+        if key not in self._kernel_allocators:
+            self._kernel_allocators[key] = self._kernel_allocation(self.backend, num_tokens, self.strategy, capacity,
+                                                                   self.beta, self.redistribute_ratio)
+        return self._kernel_allocators[key](probs, is_image, valid, noise)
+
+    def construct(self, tokens, is_image, valid, noise):
+        num_tokens = tokens.shape[0]
+        probs = self.probabilities(tokens)
+        expert, slot, counts = self._allocate(ops.stop_gradient(probs), is_image, valid, noise.astype(ms.float32),
+                                              self.capacity(num_tokens))
+        # sum_e F_e * G_e: F from the final allocation (constant), G = mean P over valid tokens (padding rows,
+        # whatever they hold, are selected away rather than multiplied by zero)
+        num_valid = valid.astype(ms.float32).sum()
+        denominator = ops.maximum(num_valid, 1.0)
+        fraction = counts[:NUM_EXPERTS].astype(ms.float32) / denominator
+        valid_probs = ops.where(valid.reshape(num_tokens, 1), probs, ops.zeros_like(probs))
+        aux_loss = (fraction * (valid_probs.sum(0) / denominator)).sum()
+        stats = ops.concat((num_valid.reshape(1), counts.astype(ms.float32)))
+        return probs, expert, slot, aux_loss, stats
+
+
 class EVFLayer(nn.Cell):
     """construct(x [B,S,H], is_image [B,S] bool, valid [B,S] bool, noise [B,S] float32 in [0,1))
     -> (y [B,S,H], aux_loss float32 scalar, stats [NUM_ROUTING_STATS] float32 in ROUTING_STAT_NAMES order).
 
-    The allocation backend (composed MindSpore ops or a native kernel) is chosen at build
-    time from `evf_config.kernel` and the device target. Composed ops take the capacity from
-    x's static shape, so any B*S works; a native kernel is built once per distinct B*S.
+    Composed ops take the capacity from x's static shape, so any B*S works.
     """
 
     def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig, ffn_kind: str = "swiglu"):
@@ -70,65 +162,40 @@ class EVFLayer(nn.Cell):
         # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy
         self.language_ffn = FeedForward(llm_config, ffn_kind)
         self.vision_ffn = FeedForward(llm_config, ffn_kind)
-        self.router = nn.Dense(llm_config.hidden_size, NUM_EXPERTS, has_bias=False,
-                               weight_init=Normal(ROUTER_INIT_STD), dtype=ms.float32)
-        self.mode = evf_config.mode
+        self.router = Router(llm_config.hidden_size, evf_config)
         self.strategy = evf_config.strategy
         self.combine = evf_config.combine
-        self.capacity_factor = float(evf_config.capacity_factor)
-        self.min_capacity = int(evf_config.min_capacity)
-        self.beta = float(evf_config.beta)
-        self.redistribute_ratio = float(evf_config.redistribute_ratio)
-        from eve_ms.ops.kernels import KernelAllocation, select_backend  # evf.kernel: auto | composed | custom
+        self.set_mode(evf_config.mode)
 
-        self.backend = select_backend(evf_config.kernel, ms.get_context("device_target"))
-        # Native kernels fix T as an operator attribute: one KernelAllocation per (T, strategy),
-        # built at the first call with that T (in graph mode: while the graph compiles).
-        self._kernel_allocation = KernelAllocation
-        self._kernel_allocators = {}
+    @property
+    def backend(self) -> str:
+        return self.router.backend
 
     def set_mode(self, mode: str) -> None:
         """'multimodal' | 'language_only' | 'moe'. In graph mode, set it before the graph is compiled."""
         if mode not in EVF_MODES:
             raise ValueError(f"EVF mode must be one of {EVF_MODES}, got {mode!r}")
         self.mode = mode
+        self.router.strategy = MOE_STRATEGY if mode == "moe" else self.strategy
 
     def capacity(self, num_tokens: int) -> int:
-        """Slots per expert buffer for a call with `num_tokens` = B*S token slots."""
-        return compute_capacity(num_tokens, self.capacity_factor, self.min_capacity)
-
-    def _kernel_allocator(self, num_tokens, strategy):
-        key = (num_tokens, strategy)
-        if key not in self._kernel_allocators:
-            self._kernel_allocators[key] = self._kernel_allocation(self.backend, num_tokens, strategy,
-                                                                   self.capacity(num_tokens), self.beta,
-                                                                   self.redistribute_ratio)
-        return self._kernel_allocators[key]
-
-    def _allocate(self, probs, is_image, valid, noise, strategy):
-        num_tokens = probs.shape[0]
-        if self.backend == "composed":
-            return allocate_tokens(probs, is_image, valid, noise, strategy=strategy,
-                                   capacity=self.capacity(num_tokens), beta=self.beta,
-                                   redistribute_ratio=self.redistribute_ratio)
-        return self._kernel_allocator(num_tokens, strategy)(probs, is_image, valid, noise)
+        """Slots per expert buffer for a call with `num_tokens` = B*S token slots, in the current train/eval state."""
+        return self.router.capacity(num_tokens)
 
     def construct(self, x, is_image, valid, noise):
         batch, seq, hidden = x.shape
         num_tokens = batch * seq
         valid = valid.reshape(num_tokens)
-        num_valid = valid.astype(ms.float32).sum()
         if self.mode == "language_only":
+            num_valid = valid.astype(ms.float32).sum()
             zero = ops.zeros((), ms.float32)
             stats = ops.stack((num_valid, num_valid, zero, zero, zero))
             return self.language_ffn(x), zero, stats
 
-        strategy = MOE_STRATEGY if self.mode == "moe" else self.strategy
         capacity = self.capacity(num_tokens)
         tokens = x.reshape(num_tokens, hidden)
-        probs = ops.softmax(self.router(tokens.astype(ms.float32)), -1)
-        expert, slot, counts = self._allocate(ops.stop_gradient(probs), is_image.reshape(num_tokens), valid,
-                                              noise.reshape(num_tokens).astype(ms.float32), strategy)
+        probs, expert, slot, aux_loss, stats = self.router(tokens, is_image.reshape(num_tokens), valid,
+                                                           noise.reshape(num_tokens))
 
         # Expert buffers: slot s of expert e holds token dispatch[e, s]; empty slots read the zero row.
         dispatch = dispatch_indices(expert, slot, capacity)
@@ -138,7 +205,8 @@ class EVFLayer(nn.Cell):
         rows = ops.concat((language_out, vision_out, ops.zeros((1, hidden), language_out.dtype)))
         out = ops.gather(rows, combine_indices(expert, slot, capacity), 0)
 
-        gate = ops.where(expert == 1, probs[:, 1], probs[:, 0])  # P[x, expert]; dropped rows are 0 anyway
+        # P[x, expert]; 0 for dropped and padding rows, selected rather than multiplied so that a NaN row stays 0
+        gate = ops.where(expert == 1, probs[:, 1], ops.where(expert == 0, probs[:, 0], ops.zeros_like(probs[:, 0])))
         if self.combine == "unit":
             # value exactly `out` (gate - gate == 0 exactly), gradient of `gate` as for out * gate; `out`'s own
             # gradient passes unchanged (stop_gradient spares the backward pass a [T, H] product with zero)
@@ -146,15 +214,4 @@ class EVFLayer(nn.Cell):
             out = out + ops.stop_gradient(out) * straight_through
         else:
             out = out * gate.astype(out.dtype).reshape(num_tokens, 1)
-
-        aux_loss = self._aux_loss(probs, counts, valid, num_valid)
-        stats = ops.concat((num_valid.reshape(1), counts.astype(ms.float32)))
         return out.reshape(batch, seq, hidden), aux_loss, stats
-
-    @staticmethod
-    def _aux_loss(probs, counts, valid, num_valid):
-        """sum_e F_e * G_e; F from the final allocation (constant), G = mean P over valid tokens."""
-        denominator = ops.maximum(num_valid, 1.0)
-        fraction = counts[:NUM_EXPERTS].astype(ms.float32) / denominator
-        mean_prob = (probs * valid.astype(ms.float32).reshape(-1, 1)).sum(0) / denominator
-        return (fraction * mean_prob).sum()

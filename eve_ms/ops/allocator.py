@@ -103,7 +103,8 @@ def _priority_ranks(score0, score1, prefers_vision, noise, strategy: str):
 
 def allocate_tokens(probs, is_image, valid, noise, *, strategy: str, capacity: int, beta: float = 1.0,
                     redistribute_ratio: float = 0.5):
-    """Allocate the T token slots to the two experts; same semantics as `allocate_reference`.
+    """Allocate the T token slots to the two experts; same semantics as `allocate_reference`
+    (non-finite probability rows included: dropped and counted, competing nowhere).
 
     probs [T, 2] float32, is_image / valid [T] bool, noise [T] float32; `capacity` is a Python
     int (see `compute_capacity`). Returns expert [T] int32 in {-1, 0, 1}, slot [T] int32 (-1 when
@@ -112,6 +113,11 @@ def allocate_tokens(probs, is_image, valid, noise, *, strategy: str, capacity: i
     """
     num_tokens = probs.shape[0]
     probs = probs.astype(ms.float32)
+    # A valid token with a NaN / inf in its row is dropped and counted, and competes nowhere (the reference's
+    # policy); its scores are replaced by a finite value so that no sort ever sees a NaN.
+    finite = ops.logical_and(ops.isfinite(probs[:, 0]), ops.isfinite(probs[:, 1]))
+    competing = ops.logical_and(valid, finite)
+    probs = ops.where(finite.reshape(num_tokens, 1), probs, ops.zeros_like(probs))
     if strategy == "img_gbpr":
         # prior [0, beta] for image tokens, [beta, 0] for text tokens, added in float32
         beta32 = ops.full((num_tokens,), beta, dtype=ms.float32)
@@ -124,16 +130,16 @@ def allocate_tokens(probs, is_image, valid, noise, *, strategy: str, capacity: i
     preferred = prefers_vision.astype(ms.int32)
 
     priority_rank, other_rank, num_ranks = _priority_ranks(score0, score1, prefers_vision, noise, strategy)
-    rank, num_language = _rank_within_group(preferred, priority_rank, valid, num_ranks)
-    kept = ops.logical_and(valid, rank < capacity)
+    rank, num_language = _rank_within_group(preferred, priority_rank, competing, num_ranks)
+    kept = ops.logical_and(competing, rank < capacity)
     minus_one = ops.full((num_tokens,), -1, dtype=ms.int32)
     expert = ops.where(kept, preferred, minus_one)
     slot = ops.where(kept, rank, minus_one)
-    num_vision = _count(valid) - num_language
+    num_vision = _count(competing) - num_language
     used = ops.stack((ops.minimum(num_language, capacity), ops.minimum(num_vision, capacity)))
 
     if strategy == "img_gbpr":
-        overflow = ops.logical_and(valid, ops.logical_not(kept))
+        overflow = ops.logical_and(competing, ops.logical_not(kept))
         # compared in float32, as the reference does: W rounded to float32 first
         ratio32 = ops.full((num_tokens,), redistribute_ratio, dtype=ms.float32)
         offered = ops.logical_and(overflow, noise.astype(ms.float32) < ratio32)

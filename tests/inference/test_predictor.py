@@ -137,7 +137,8 @@ def test_float16_compute_gives_the_float32_scores_to_half_precision(checkpoint_d
     half = build_predictor(checkpoint_dir, batch_size=2, compute_dtype="float16")
     layers = [cell for _, cell in half.model.cells_and_names() if isinstance(cell, EVFLayer)]
     hidden = half.config.llm.hidden_size
-    assert layers and all(layer.router(Tensor(np.ones((2, hidden), np.float16))).dtype == ms.float32
+    assert layers and all(layer.router.weight.dtype == ms.float32
+                          and layer.router.probabilities(Tensor(np.ones((2, hidden), np.float16))).dtype == ms.float32
                           for layer in layers)
     assert half.model.forward(Tensor(np.ones((1, 4), np.int32)))[0].dtype == ms.float16  # the rest runs in float16
     texts = ["The answer is yes.", "The answer is no."]

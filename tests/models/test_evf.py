@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from eve_ms.config import ConfigError, EVFConfig, LLMConfig
-from eve_ms.models.evf import NUM_ROUTING_STATS, ROUTING_STAT_NAMES, EVFLayer
+from eve_ms.models.evf import NUM_ROUTING_STATS, ROUTING_STAT_NAMES, EVFLayer, Router
 from eve_ms.models.ffn import FeedForward
 from eve_ms.ops.token_allocation import allocate_reference, aux_loss_reference
 
@@ -23,12 +23,13 @@ def _evf_config(**overrides):
     return EVFConfig(**{"enabled": True, "kernel": "composed", **overrides})
 
 
-def _layer(router_seed=0, **overrides):
-    """An EVF layer whose router weights come from a seeded numpy generator (reproducible routing)."""
+def _layer(router_seed=0, training=True, **overrides):
+    """An EVF layer whose router weights come from a seeded numpy generator (reproducible routing),
+    in training mode unless asked: `capacity_factor` applies then, `eval_capacity_factor` otherwise."""
     layer = EVFLayer(LLM, _evf_config(**overrides))
     weight = np.random.default_rng(router_seed).normal(0, 0.3, (2, HIDDEN)).astype(np.float32)
     layer.router.weight.set_data(ms.Tensor(weight))
-    return layer
+    return layer.set_train(training)
 
 
 def _copy_ffn(source, target):
@@ -98,10 +99,12 @@ def _recompute(layer, x, is_image, valid, noise, strategy, combine):
     tokens = x.reshape(-1, HIDDEN)
     probs = _softmax(tokens.astype(np.float64) @ layer.router.weight.asnumpy().T.astype(np.float64))
     probs = probs.astype(np.float32)
+    router = layer.router
     alloc = allocate_reference(probs, is_image.reshape(-1), valid.reshape(-1), noise.reshape(-1),
-                               strategy=strategy, capacity_factor=layer.capacity_factor,
-                               min_capacity=layer.min_capacity, beta=layer.beta,
-                               redistribute_ratio=layer.redistribute_ratio)
+                               strategy=strategy,
+                               capacity_factor=router.capacity_factor if layer.training else router.eval_capacity_factor,
+                               min_capacity=router.min_capacity, beta=router.beta,
+                               redistribute_ratio=router.redistribute_ratio)
     outputs = [_ffn_numpy(layer.language_ffn, tokens), _ffn_numpy(layer.vision_ffn, tokens)]
     y = np.zeros_like(tokens)
     for t, e in enumerate(alloc["expert"]):
@@ -134,7 +137,7 @@ def test_dispatch_and_combine_equal_a_numpy_recomputation(mode, strategy, combin
 
 
 def test_aux_loss_is_the_paper_formula_on_a_case_worked_by_hand():
-    layer = EVFLayer(LLM, _evf_config(mode="moe", capacity_factor=2.0))
+    layer = EVFLayer(LLM, _evf_config(mode="moe", capacity_factor=2.0)).set_train(True)
     weight = np.zeros((2, HIDDEN), np.float32)
     weight[1, 0] = 1.0  # logits = (0, x0): P(vision) = sigmoid(x0)
     layer.router.weight.set_data(ms.Tensor(weight))
@@ -195,8 +198,8 @@ def test_prob_combine_weights_kept_outputs_and_zeroes_dropped_ones():
 
 
 def test_native_kernel_backend_gives_the_same_layer_output(any_mode):
-    composed = EVFLayer(LLM, _evf_config(capacity_factor=0.75, redistribute_ratio=0.8))
-    native = EVFLayer(LLM, _evf_config(kernel="custom", capacity_factor=0.75, redistribute_ratio=0.8))
+    composed = EVFLayer(LLM, _evf_config(capacity_factor=0.75, redistribute_ratio=0.8)).set_train(True)
+    native = EVFLayer(LLM, _evf_config(kernel="custom", capacity_factor=0.75, redistribute_ratio=0.8)).set_train(True)
     assert composed.backend == "composed" and native.backend == "cpu"
     ms.load_param_into_net(native, {p.name: p for p in composed.get_parameters()})
     for batch, seq in ((2, 8), (3, 5)):  # a kernel per token count, built at the first call with it
@@ -209,6 +212,141 @@ def test_bad_modes_and_config_values_are_errors():
     layer = EVFLayer(LLM, _evf_config())
     with pytest.raises(ValueError, match="mode"):
         layer.set_mode("vision_only")
-    for key, value in (("mode", "dense"), ("combine", "sum"), ("strategy", "top2"), ("capacity_factor", 0.0)):
+    for key, value in (("mode", "dense"), ("combine", "sum"), ("strategy", "top2"), ("capacity_factor", 0.0),
+                       ("eval_capacity_factor", -1.0)):
         with pytest.raises(ConfigError, match=key):
             EVFLayer(LLM, _evf_config(**{key: value}))
+
+
+# ---- capacity: training vs evaluation ----------------------------------------------------------
+
+def _image_and_text(seed=0):
+    """The case of issue 14: one image (144 tokens) and 20 text tokens in one sample, T = 164."""
+    x, _, valid, noise = _inputs(1, 164, seed=seed)
+    is_image = np.zeros((1, 164), bool)
+    is_image[0, 5:149] = True
+    return x, is_image, valid, noise
+
+
+@pytest.mark.parametrize("kernel", ["composed", "custom"])
+def test_training_capacity_drops_tokens_and_evaluation_capacity_drops_none(any_mode, kernel):
+    """Default factors (1.5 / 2.0). In graph mode set_train changes the phase the compiled graph is keyed by,
+    and the native kernel is built per capacity: each state gets its own graph and kernel."""
+    layer = _layer(kernel=kernel)
+    assert layer.router.capacity_factor == 1.5 and layer.router.eval_capacity_factor == 2.0
+    args = _image_and_text()
+    results = {}
+    for training in (True, False, True):
+        layer.set_train(training)
+        results.setdefault(training, []).append(_call(layer, *args))
+        assert layer.capacity(164) == (123 if training else 164)
+    train_stats, eval_stats = results[True][0][2], results[False][0][2]
+    # training: the 144 image tokens compete for 123 vision slots, the overflow is redistributed or dropped
+    assert train_stats[3] > 0 and train_stats[4] > 0
+    np.testing.assert_array_equal(eval_stats[[0, 3, 4]], [164, 0, 0])
+    np.testing.assert_array_equal(results[True][1][2], train_stats)  # back in training: the training graph again
+    np.testing.assert_array_equal(results[True][1][0], results[True][0][0])
+
+
+def test_evaluation_output_does_not_depend_on_the_batch_it_runs_in():
+    """With capacity T nothing is dropped, so a sample's output is the same alone and beside other samples."""
+    layer = _layer(training=False)
+    x, is_image, valid, noise = _inputs(4, 16, image_fraction=0.9, seed=6)
+    together, _, stats = _call(layer, x, is_image, valid, noise)
+    assert stats[3] == 0
+    for row in range(4):
+        alone, _, _ = _call(layer, x[row:row + 1], is_image[row:row + 1], valid[row:row + 1], noise[row:row + 1])
+        np.testing.assert_allclose(alone[0], together[row], rtol=1e-6, atol=1e-6)
+    layer.set_train(True)
+    assert _call(layer, x, is_image, valid, noise)[2][3] > 0  # the same batch drops tokens in training
+
+
+# ---- precision: a float32 router under mixed precision -----------------------------------------
+
+class _RoutingProbe(ms.nn.Cell):
+    """The router as the EVF layer calls it, from inside a (possibly mixed-precision) network."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def construct(self, x, is_image, valid, noise):
+        num_tokens = x.shape[0] * x.shape[1]
+        routing = self.layer.router(x.reshape(num_tokens, HIDDEN), is_image.reshape(num_tokens),
+                                    valid.reshape(num_tokens), noise.reshape(num_tokens))
+        return routing + self.layer(x, is_image, valid, noise)
+
+
+@pytest.mark.parametrize("amp_level", ["O2", "O3"])
+def test_router_probabilities_and_allocation_under_float16_equal_float32_bit_for_bit(any_mode, amp_level):
+    # router std 0.02 (stage 3's start): probabilities near 0.5, where float16 has few values and GBPR ties
+    x, is_image, valid, noise = _inputs(2, 64, image_fraction=0.8, valid_fraction=0.9, seed=9)
+    x = x.astype(np.float16).astype(np.float32)  # the same inputs for both: exactly representable in float16
+    args = [ms.Tensor(a) for a in (x, is_image, valid, noise)]
+
+    def build():
+        ms.set_seed(0)  # the same FFN weights in both networks
+        layer = _layer(strategy="img_gbpr", capacity_factor=1.0, min_capacity=0)
+        layer.router.weight.set_data(ms.Tensor(np.random.default_rng(1).normal(0, 0.02, (2, HIDDEN)), ms.float32))
+        return _RoutingProbe(layer)
+
+    full = [t.asnumpy() for t in build()(*args)]
+    net = ms.amp.auto_mixed_precision(build(), amp_level, dtype=ms.float16)
+    half = [t.asnumpy() for t in net(*args)]
+    names = ("probs", "expert", "slot", "aux_loss", "stats")
+    for name, a, b in zip(names, full, half):
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert full[4][3] > 0 and full[4][4] > 0  # the case overflows and redistributes: priorities matter
+    assert len(np.unique(full[0][:, 1])) > 100
+    np.testing.assert_array_equal(half[6], full[6])  # the layer's own aux loss and statistics as well
+    np.testing.assert_array_equal(half[7], full[7])
+    y_full, y_half = full[5], half[5]
+    error = np.linalg.norm(y_full - y_half) / np.linalg.norm(y_full)
+    assert 0 < error < 1e-2  # the FFNs did run in float16
+
+
+def _precision(cell):
+    flags = cell.get_flags()
+    return next(name for name in ("fp16", "bf16", "fp32") if flags.get(name))
+
+
+def test_router_refuses_half_precision_flags_and_keeps_its_place():
+    layer = _layer()
+    names = [p.name for p in layer.get_parameters()]
+    ms.amp.auto_mixed_precision(layer, "O2", dtype=ms.bfloat16)
+    assert isinstance(layer.router, Router) and _precision(layer.router) == "fp32"  # not wrapped, not cast
+    assert _precision(layer.language_ffn) == _precision(layer.vision_ffn) == "bf16"
+    layer.router.to_float(ms.float16)
+    assert _precision(layer.router) == "fp32"
+    assert [p.name for p in layer.get_parameters()] == names and "router.weight" in names
+
+
+# ---- non-finite router probabilities -----------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_token_is_dropped_counted_and_zero_and_the_aux_loss_reports_it(any_mode, bad):
+    layer = _layer(strategy="img_gbpr", capacity_factor=0.75, min_capacity=0)
+    x, is_image, valid, noise = _inputs(2, 8, seed=SEED)
+    poisoned = x.copy()
+    poisoned[0, 3, :] = bad  # logits NaN or +-inf: the row's probabilities are not finite
+    y, aux, stats = _call(layer, poisoned, is_image, valid, noise)
+    as_padding = valid.copy()
+    as_padding[0, 3] = False
+    y_ref, _, stats_ref = _call(layer, poisoned * np.isfinite(poisoned), is_image, as_padding, noise)
+    assert np.all(y[0, 3] == 0)
+    np.testing.assert_array_equal(y[as_padding], y_ref[as_padding])  # the others as if it were padding
+    np.testing.assert_array_equal(stats[[1, 2, 4]], stats_ref[[1, 2, 4]])
+    assert stats[0] == stats_ref[0] + 1 and stats[3] == stats_ref[3] + 1  # valid, and counted as dropped
+    assert not np.isfinite(aux)  # the trainer's NaN detection sees the step
+
+
+def test_a_non_finite_router_weight_drops_every_token():
+    layer = _layer()
+    weight = layer.router.weight.asnumpy()
+    weight[1, 0] = np.nan
+    layer.router.weight.set_data(ms.Tensor(weight))
+    x, is_image, valid, noise = _inputs(2, 8, valid_fraction=0.8)
+    y, aux, stats = _call(layer, x, is_image, valid, noise)
+    np.testing.assert_array_equal(stats, [valid.sum(), 0, 0, valid.sum(), 0])
+    assert np.all(y == 0) and np.isnan(aux)

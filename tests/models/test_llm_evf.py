@@ -79,6 +79,7 @@ def test_language_only_logits_are_bit_identical_to_the_dense_model(dense_llm, an
 
 def test_multimodal_logits_at_conversion_equal_the_dense_model_when_nothing_is_dropped(dense_llm):
     evf_llm = convert_dense_to_evf(dense_llm, _evf_config(strategy="img_gbpr", combine="unit", capacity_factor=1.0))
+    evf_llm.set_train(True)  # the training capacity (1.0) is the one under test
     seq = 48  # 96 token rows and 48 slots per expert: whole matmul blocks on every CPU (module doc)
     rng = np.random.default_rng(5)
     ids = rng.integers(3, CONFIG.vocab_size, (BATCH, seq)).astype(np.int32)
@@ -98,6 +99,7 @@ def test_multimodal_logits_at_conversion_equal_the_dense_model_when_nothing_is_d
 
 def test_aux_loss_is_the_sum_of_each_evf_layers_paper_aux_loss(dense_llm):
     evf_llm = convert_dense_to_evf(dense_llm, _evf_config(capacity_factor=0.5, min_capacity=0), router_init_std=0.5)
+    evf_llm.set_train(True)  # the training capacity factor applies
     captured = []
 
     def keep(cell, inputs, outputs):

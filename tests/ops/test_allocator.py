@@ -216,3 +216,55 @@ def test_other_backends_delegate_to_the_native_kernel():
     allocator = TokenAllocator(t, "img_gbpr", 0.6, 0, 1.0, 0.75, backend="cpu")
     assert allocator.kernel is not None and allocator.kernel.capacity == allocator.capacity
     _assert_matches_reference(*_run(allocator, case), _reference(case))
+
+
+NON_FINITE = np.float32([np.nan, np.inf, -np.inf])
+
+
+def _poison(case, rng, share):
+    """The case with a NaN / inf in one or both entries of about `share` of the rows (padding ones too)."""
+    probs = case["probs"].copy()
+    rows = np.flatnonzero(rng.random(len(probs)) < share)
+    for row in rows:
+        columns = [[0], [1], [0, 1]][rng.integers(3)]
+        probs[row, columns] = rng.choice(NON_FINITE, len(columns))
+    return dict(case, probs=probs), rows
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_non_finite_rows_are_dropped_and_counted_like_the_reference(strategy, data):
+    clean = data.draw(allocation_cases(strategy=strategy))
+    case, rows = _poison(clean, np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))),
+                         data.draw(st.sampled_from([0.1, 0.3, 1.0])))
+    expert, slot, counts = _run(_allocator(case), case)
+    _assert_matches_reference(expert, slot, counts, _reference(case))
+    poisoned_valid = np.zeros(len(expert), bool)
+    poisoned_valid[rows] = case["valid"][rows]
+    assert np.all(expert[rows] == -1) and np.all(slot[rows] == -1)
+    # everything else is allocated as if those tokens were padding; they are counted as dropped
+    as_padding = _reference(dict(clean, valid=case["valid"] & ~poisoned_valid))
+    np.testing.assert_array_equal(expert, as_padding["expert"])
+    np.testing.assert_array_equal(slot, as_padding["slot"])
+    assert counts[2] == as_padding["dropped"] + poisoned_valid.sum()
+
+
+def test_graph_mode_drops_non_finite_rows_like_the_reference(graph_mode):
+    rng = np.random.default_rng(12)
+    params = {"capacity_factor": 0.8, "min_capacity": 1, "beta": 0.5, "redistribute_ratio": 0.5}
+    num_tokens = 16
+    allocators = _AllStrategies(num_tokens, **params)
+    for _ in range(3):
+        p_vision = (rng.integers(0, 5, num_tokens) / 4).astype(np.float32)
+        clean = {"probs": np.stack([1 - p_vision, p_vision], 1).astype(np.float32),
+                 "is_image": rng.random(num_tokens) < 0.6, "valid": rng.random(num_tokens) < 0.9,
+                 "noise": (rng.integers(0, 4, num_tokens) / 4).astype(np.float32), **params}
+        case, rows = _poison(clean, rng, 0.3)
+        assert len(rows) > 0
+        outputs = allocators(*(ms.Tensor(case[k]) for k in ("probs", "is_image", "valid", "noise")))
+        for strategy, (expert, slot, counts) in zip(STRATEGIES, outputs):
+            _assert_matches_reference(expert.asnumpy(), slot.asnumpy(), counts.asnumpy(),
+                                      _reference(dict(case, strategy=strategy)))
+            assert np.all(expert.asnumpy()[rows] == -1)

@@ -354,3 +354,33 @@ def test_bench_allocation_times_every_backend_side_by_side():
     assert all(r["median_ms"] > 0 and r["repeats"] == 2 for r in rows)
     assert all("speedup_vs_composed" in r for r in rows if r["backend"] != "composed")
     assert "composed" in format_rows(rows)
+
+
+NON_FINITE = np.float32([np.nan, np.inf, -np.inf])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=allocation_cases(), poison_seed=st.integers(0, 2**32 - 1), share=st.sampled_from([0.1, 0.4, 1.0]))
+def test_cpu_kernel_drops_non_finite_rows_like_the_reference(case, poison_seed, share):
+    rng = np.random.default_rng(poison_seed)
+    probs = case["probs"].copy()
+    rows = np.flatnonzero(rng.random(len(probs)) < share)
+    for row in rows:
+        columns = [[0], [1], [0, 1]][rng.integers(3)]
+        probs[row, columns] = rng.choice(NON_FINITE, len(columns))
+    ref = _assert_matches_reference(**dict(case, probs=probs))
+    assert np.all(ref["expert"][rows] == -1)
+    assert ref["dropped"] >= int(case["valid"][rows].sum())  # counted, unlike padding
+
+
+def test_cpu_kernel_drops_non_finite_rows_in_graph_mode(graph_mode):
+    rng = np.random.default_rng(13)
+    num_tokens = 64
+    probs = _probs(rng.random(num_tokens))
+    probs[[3, 20], 1] = np.nan
+    probs[[5, 40], 0] = np.inf
+    probs[50] = -np.inf
+    ref = _assert_matches_reference(probs, rng.random(num_tokens) < 0.8, np.ones(num_tokens, bool),
+                                    rng.random(num_tokens).astype(np.float32), "img_gbpr", capacity_factor=1.0,
+                                    min_capacity=0, beta=1.0, ratio=0.7)
+    assert np.all(ref["expert"][[3, 5, 20, 40, 50]] == -1) and ref["redistributed"] > 0

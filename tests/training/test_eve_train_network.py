@@ -17,7 +17,7 @@ def _model(evf: bool):
     evf_config = EVFConfig(enabled=True, capacity_factor=0.5, min_capacity=0, kernel="composed") if evf else EVFConfig()
     ms.set_seed(3)
     model = EveForCausalLM(EveConfig(vision=VISION, llm=LLM, evf=evf_config))
-    model.set_train(False)
+    model.set_train(True)  # as the trainer sets it: the training capacity factor applies
     return model
 
 

@@ -31,7 +31,6 @@ def allocation_share(num_tokens: int, repeats: int, hidden: int = PAPER_HIDDEN,
                      intermediate: int = PAPER_INTERMEDIATE, kernel: str = "auto") -> dict:
     """Median seconds of the EVF layer forward and of its allocation alone (graph mode, side by side)."""
     import mindspore as ms
-    from mindspore import ops
 
     from eve_ms.config import EVFConfig, LLMConfig
     from eve_ms.models.evf import EVFLayer
@@ -40,11 +39,11 @@ def allocation_share(num_tokens: int, repeats: int, hidden: int = PAPER_HIDDEN,
     ms.set_context(mode=ms.GRAPH_MODE)
     config = LLMConfig(vocab_size=8, hidden_size=hidden, intermediate_size=intermediate, num_layers=1, num_heads=16)
     evf = EVFConfig(enabled=True, kernel=kernel)
-    layer = EVFLayer(config, evf)
+    layer = EVFLayer(config, evf).set_train(True)  # the training capacity, as the allocator below uses
     allocator = TokenAllocator(num_tokens, evf.strategy, evf.capacity_factor, evf.min_capacity, evf.beta,
                                evf.redistribute_ratio, backend=layer.backend)
     x, is_image, valid, noise = _evf_layer_inputs(num_tokens, hidden)
-    probs = ops.softmax(layer.router(x.reshape(num_tokens, hidden)), -1)
+    probs = layer.router.probabilities(x.reshape(num_tokens, hidden))
     flat = (is_image.reshape(-1), valid.reshape(-1), noise.reshape(-1))
 
     def run_layer():

@@ -64,7 +64,7 @@ def run(size: str, report: Report) -> None:
     objective, forward_backward = _cells()
     config = LLMConfig(vocab_size=8, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_layers=1, num_heads=8)
     evf_config = EVFConfig(enabled=True, capacity_factor=1.5)
-    evf = EVFLayer(config, evf_config)
+    evf = EVFLayer(config, evf_config).set_train(True)  # training capacity factor (C = 1.5)
     rng = np.random.default_rng(0)
     inputs = [ms.Tensor(rng.standard_normal((1, tokens, HIDDEN)).astype(np.float32)),
               ms.Tensor(rng.standard_normal((1, tokens, HIDDEN)).astype(np.float32))]
@@ -74,7 +74,7 @@ def run(size: str, report: Report) -> None:
             "evf": forward_backward(objective(evf, True, routing))}
     allocator = TokenAllocator(tokens, evf_config.strategy, evf_config.capacity_factor, evf_config.min_capacity,
                                backend=evf.backend)
-    probs = ms.ops.softmax(evf.router(inputs[0].reshape(tokens, HIDDEN)), -1)
+    probs = evf.router.probabilities(inputs[0].reshape(tokens, HIDDEN))
     flat = [t.reshape(-1) for t in routing]
 
     def runner(net):

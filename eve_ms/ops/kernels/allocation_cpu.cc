@@ -6,12 +6,17 @@
 // key that is monotone in the float priority, so ties keep the lower index first: O(T) per
 // call, no comparator, no float compare in the sort at all.
 //
+// Non-finite router probabilities (a NaN or inf in a valid token's row) follow the reference:
+// the token is dropped and counted, takes no slot, is never offered for redistribution, and
+// every other token allocates as if it were padding.
+//
 // Entry points (MindSpore AOT convention):
 //   EveAllocationCpuInit  reads the attributes once per kernel (capacity, strategy, beta,
 //                         redistribute_ratio) into AotKernelData.
 //   EveAllocationCpu      inputs probs, is_image, valid, noise; outputs expert, slot, counts.
 // EveAllocateRaw is the same computation on plain pointers, for benchmarks and debugging.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -89,7 +94,8 @@ int Allocate(int64_t num_tokens, const float *probs, const uint8_t *is_image, co
     expert[t] = -1;
     slot[t] = -1;
     if (!valid[t]) continue;
-    ++num_valid;
+    ++num_valid;  // a non-finite row counts as valid and dropped
+    if (!std::isfinite(probs[2 * t]) || !std::isfinite(probs[2 * t + 1])) continue;
     const auto pref = eve_alloc::Prefer(probs[2 * t], probs[2 * t + 1], is_image[t] != 0, noise[t], params);
     preferred[t] = static_cast<int8_t>(pref.expert);
     candidates[pref.expert].Add(pref.priority, t);
