@@ -160,7 +160,7 @@ class EVFLayer(nn.Cell):
         super().__init__()
         check_evf_config(evf_config)
         # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy;
-        # `fused` (eve_ms.ops.fused.FusedOps, default: from llm_config) picks their SwiGLU / SiLU kernels, which
+        # `fused` (eve_ms.ops.fused.FusedOps, default: from llm_config) picks their SwiGLU kernel, which
         # run on the static [capacity, H] expert buffers like the composed ones
         self.language_ffn = FeedForward(llm_config, ffn_kind, fused)
         self.vision_ffn = FeedForward(llm_config, ffn_kind, fused)

@@ -10,9 +10,9 @@ it is x * sigmoid(1.702 x) for every x: the |x| form only keeps exp from overflo
 MindSpore's fused FastGeLU kernel on Ascend already, so `llm.fused_ops` leaves it as it is.
 
 With `fused.swiglu` (Ascend) the `swiglu` kind runs `ops.swiglu` on [gate | up] (first half
-through SiLU, as the operator splits it); with `fused.silu` the `series` kind takes `ops.silu(gate)`
-(one kernel) in place of gate * sigmoid(gate). Both keep the two `nn.Dense` projections, so Hugging
-Face names and MindFormers' LoRA (which replaces nn.Dense) are untouched.
+through SiLU, as the operator splits it), one concatenation of the two projections' outputs; the two
+`nn.Dense` projections stay, so Hugging Face names and MindFormers' LoRA (which replaces nn.Dense) are
+untouched. The `series` kind has no fused operator (eve_ms/ops/fused.py says why).
 """
 from __future__ import annotations
 
@@ -42,17 +42,12 @@ class FeedForward(nn.Cell):
         self.up_proj = nn.Dense(h, i, has_bias=bias)
         self.down_proj = nn.Dense(i, h, has_bias=bias)
         fused = fused if fused is not None else select_fused_ops(config)
-        self.fused_swiglu, self.fused_silu = fused.swiglu, fused.silu
+        self.fused_swiglu = fused.swiglu
 
     def construct(self, x):
         gate = self.gate_proj(x)
         if self.kind == "swiglu" and self.fused_swiglu:
             return self.down_proj(ops.swiglu(ops.cat((gate, self.up_proj(x)), -1), -1))
-        if self.fused_silu:
-            activated = ops.silu(gate)
-            if self.kind == "series":
-                activated = activated + ops.fast_gelu(self.gate_proj2(x))
-            return self.down_proj(activated * self.up_proj(x))
         # silu written out: MindSpore's CPU SiLU and SiLUGrad expand to more passes (9.4 vs 11.6 ms fwd+bwd
         # at 512 x 1728); the sigmoid is kept for the backward pass either way
         activated = gate * ops.sigmoid(gate)

@@ -19,9 +19,10 @@ The operators (MindSpore 2.9, all "Ascend" only; docs/design.md lists their cons
 | rotary | `ops.rotary_position_embedding` (mode 0) | x * cos + rotate_half(x) * sin, inside the fused attention |
 | rms_norm | `ops.rms_norm` | the float32 mean-square chain of `RMSNorm` |
 | swiglu | `ops.swiglu` | silu(gate) * up of the `swiglu` FFN |
-| silu | `ops.silu` | gate * sigmoid(gate) of the `series` FFN (its sum with FastGeLU has no fused op) |
 
 FastGeLU is not a flag: `ops.fast_gelu` is MindSpore's FastGeLU primitive on every device already.
+The `series` FFN's silu(gate) + fast_gelu(gate2) has no fused operator, and `ops.silu` is documented
+for float16 / float32 only (not bfloat16), so that FFN stays composed.
 
 The small functions below build each fused call's arguments (`flash_attention_kwargs`,
 `flash_attention_mask`, `rotary_layout`); the tests check them on CPU without running the operators.
@@ -45,7 +46,6 @@ FUSED_OP_APIS = {
     "rotary": "mindspore.ops.rotary_position_embedding",
     "rms_norm": "mindspore.ops.rms_norm",
     "swiglu": "mindspore.ops.swiglu",
-    "silu": "mindspore.ops.silu",
 }
 
 # The layout of every fused attention call: [B, S, N, D] is what the q/k/v projections give after a
@@ -68,7 +68,6 @@ class FusedOps:
     rotary: bool = False
     rms_norm: bool = False
     swiglu: bool = False
-    silu: bool = False
 
     @property
     def names(self) -> tuple:
@@ -118,7 +117,7 @@ def fused_op_constraints(config: LLMConfig) -> dict:
         rotary.append(f"num_heads={n} must be below {ROTARY_MAX_BATCH_OR_HEADS}")
     rms_norm = [] if 0 < config.rms_norm_eps <= 1 else [f"rms_norm_eps={config.rms_norm_eps} must be in (0, 1]"]
     return {"attention": "; ".join(attention), "rotary": "; ".join(rotary), "rms_norm": "; ".join(rms_norm),
-            "swiglu": "", "silu": ""}
+            "swiglu": ""}
 
 
 _warned: set = set()

@@ -17,7 +17,7 @@ from eve_ms.models.llm import LLM, Attention, LLMDecodeStep, greedy_generate
 from eve_ms.ops.fused import COMPOSED, FusedOps
 from test_llm import randomize, tiny_config
 
-ALL_ON = FusedOps(attention=True, rotary=True, rms_norm=True, swiglu=True, silu=True)
+ALL_ON = FusedOps(attention=True, rotary=True, rms_norm=True, swiglu=True)
 
 
 def _np(x):
@@ -33,7 +33,7 @@ class StandIns:
 
     def __init__(self):
         self.calls = {name: 0 for name in ("flash_attention_score", "rotary_position_embedding", "rms_norm",
-                                           "swiglu", "silu")}
+                                           "swiglu")}
 
     def flash_attention_score(self, query, key, value, head_num, real_shift=None, drop_mask=None, padding_mask=None,
                               attn_mask=None, prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, keep_prob=1.0,
@@ -79,11 +79,6 @@ class StandIns:
         self.calls["swiglu"] += 1
         a, b = np.split(_np(input), 2, axis=dim)
         return Tensor((a * _sigmoid(a) * b).astype(np.float32)).astype(input.dtype)
-
-    def silu(self, input):  # noqa: A002
-        self.calls["silu"] += 1
-        x = _np(input)
-        return Tensor((x * _sigmoid(x)).astype(np.float32)).astype(input.dtype)
 
 
 @pytest.fixture
@@ -141,14 +136,13 @@ def test_fused_paths_equal_the_composed_path_on_real_tokens(stand_ins, layout, r
         outputs.append(model.forward_embeds(model.embed(Tensor(ids)), Tensor(mask), routing_noise=noise)[0].asnumpy())
     config = tiny_config(**overrides)
     evf_layers = evf.layer_indices(config.num_layers) if evf else []
-    ffn_calls = {kind: sum(2 if i in evf_layers else 1 for i in range(config.num_layers)
-                           if config.ffn_kind(i) == kind) for kind in ("swiglu", "series")}  # EVF: both experts
+    swiglu_calls = sum(2 if i in evf_layers else 1  # an EVF layer runs both experts
+                       for i in range(config.num_layers) if config.ffn_kind(i) == "swiglu")
     assert stand_ins.calls == {
         "flash_attention_score": config.num_layers,
         "rotary_position_embedding": 2 * config.num_layers,  # queries and keys
         "rms_norm": 2 * config.num_layers + 1,
-        "swiglu": ffn_calls["swiglu"],
-        "silu": ffn_calls["series"],
+        "swiglu": swiglu_calls,  # the series FFN has no fused operator
     }
     real = mask.astype(bool)
     np.testing.assert_allclose(outputs[1][real], outputs[0][real], rtol=1e-5, atol=1e-5)
@@ -196,3 +190,54 @@ def test_off_is_bit_identical_to_auto_on_cpu(layout, rng):
         losses.append(out[1].asnumpy())
     np.testing.assert_array_equal(logits[1], logits[0])
     np.testing.assert_array_equal(losses[1], losses[0])
+
+
+# --------------------------------------------------------------------------- graph mode
+
+
+def _ms_flash_attention_score(query, key, value, head_num, attn_mask=None, keep_prob=1.0, scalar_value=1.0,
+                              pre_tokens=2147483647, next_tokens=2147483647, inner_precise=0, input_layout="BSH",
+                              sparse_mode=0):
+    """FlashAttentionScore's documented function in MindSpore ops (BSND, 1 = discard), compilable in graph mode."""
+    n1, n2 = query.shape[2], key.shape[2]
+    k = ops.repeat_interleave(key, n1 // n2, 2)
+    v = ops.repeat_interleave(value, n1 // n2, 2)
+    q, k, v = ops.transpose(query, (0, 2, 1, 3)), ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))
+    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * scalar_value
+    scores = ops.where(attn_mask.astype(ms.bool_), ops.full((), -1e30, dtype=scores.dtype), scores)
+    return ops.transpose(ops.matmul(ops.softmax(scores, -1), v), (0, 2, 1, 3))
+
+
+def _ms_rotary_position_embedding(x, cos, sin, mode=0):
+    half = x.shape[-1] // 2
+    return x * cos + ops.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+def _ms_rms_norm(x, gamma, epsilon=1e-6):
+    rstd = ops.rsqrt(ops.mean(x * x, -1, keep_dims=True) + epsilon)
+    return x * rstd * gamma, rstd
+
+
+def _ms_swiglu(input, dim=-1):  # noqa: A002
+    a, b = ops.split(input, input.shape[dim] // 2, dim)
+    return a * ops.sigmoid(a) * b
+
+
+def test_the_fused_paths_compile_in_graph_mode(monkeypatch, rng):
+    for name, stand_in in (("flash_attention_score", _ms_flash_attention_score),
+                           ("rotary_position_embedding", _ms_rotary_position_embedding),
+                           ("rms_norm", _ms_rms_norm), ("swiglu", _ms_swiglu)):
+        monkeypatch.setattr(ops, name, stand_in)
+    monkeypatch.setattr(Attention, "flash_in_float32", True)
+    selections = {"fused": ALL_ON}
+    monkeypatch.setattr(llm_module, "select_fused_ops", lambda config: selections["fused"])
+    composed, fused = _twin_models(LAYOUTS["llama-gqa"][0], None, selections)
+    ids, mask = _batch(rng)
+    want = composed(Tensor(ids), Tensor(mask)).asnumpy()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        got = fused(Tensor(ids), Tensor(mask)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
