@@ -231,7 +231,7 @@ class Attention(nn.Cell):
     projections keep it too (the operator takes float16 / bfloat16 only).
     """
 
-    # Tests set this on an instance to run the fused path's plumbing in float32 with stand-in operators.
+    # True only in tests (monkeypatched), to run the fused path's plumbing in float32 with stand-in operators.
     flash_in_float32 = False
 
     def __init__(self, config: LLMConfig, fused: FusedOps | None = None):
