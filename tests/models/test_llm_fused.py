@@ -224,13 +224,7 @@ def _ms_swiglu(input, dim=-1):  # noqa: A002
 
 
 def test_the_fused_paths_compile_in_graph_mode(monkeypatch, rng):
-    for name, stand_in in (("flash_attention_score", _ms_flash_attention_score),
-                           ("rotary_position_embedding", _ms_rotary_position_embedding),
-                           ("rms_norm", _ms_rms_norm), ("swiglu", _ms_swiglu)):
-        monkeypatch.setattr(ops, name, stand_in)
-    monkeypatch.setattr(Attention, "flash_in_float32", True)
-    selections = {"fused": ALL_ON}
-    monkeypatch.setattr(llm_module, "select_fused_ops", lambda config: selections["fused"])
+    selections = _install_ms_stand_ins(monkeypatch)
     composed, fused = _twin_models(LAYOUTS["llama-gqa"][0], None, selections)
     ids, mask = _batch(rng)
     want = composed(Tensor(ids), Tensor(mask)).asnumpy()
@@ -241,3 +235,41 @@ def test_the_fused_paths_compile_in_graph_mode(monkeypatch, rng):
         ms.set_context(mode=ms.PYNATIVE_MODE)
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+def _install_ms_stand_ins(monkeypatch):
+    for name, stand_in in (("flash_attention_score", _ms_flash_attention_score),
+                           ("rotary_position_embedding", _ms_rotary_position_embedding),
+                           ("rms_norm", _ms_rms_norm), ("swiglu", _ms_swiglu)):
+        monkeypatch.setattr(ops, name, stand_in)
+    monkeypatch.setattr(Attention, "flash_in_float32", True)
+    selections = {"fused": ALL_ON}
+    monkeypatch.setattr(llm_module, "select_fused_ops", lambda config: selections["fused"])
+    return selections
+
+
+@pytest.mark.parametrize("layout", ["llama-gqa", "pangu-series-shortcut-bias"])
+def test_fused_paths_give_the_composed_gradients(monkeypatch, layout, rng):
+    """Targets predicted from real positions only: padding rows, where the two paths differ, reach no gradient.
+
+    (A left-padding position that predicts the first real token would differ: the composed path lets it
+    see every key, the fused one only itself. Training batches are right-padded, eve_ms/data/dataset.py.)"""
+    selections = _install_ms_stand_ins(monkeypatch)
+    composed, fused = _twin_models(LAYOUTS[layout][0], None, selections)
+    ids, mask = _batch(rng)
+    predicted_from_real = np.concatenate([np.zeros((3, 1), bool), mask[:, :-1] == 1], 1) & (mask == 1)
+    labels = np.where(predicted_from_real, ids, -100).astype(np.int32)
+    grads = []
+    for model in (composed, fused):
+        model.set_train(True)
+        params = model.trainable_params()
+
+        def loss(embeds, model=model):
+            out = model.forward_embeds(embeds, Tensor(mask), labels=Tensor(labels))
+            return out[1] / out[2]
+
+        grad_fn = ms.grad(loss, grad_position=None, weights=params)
+        grads.append({p.name: g.asnumpy() for p, g in zip(params, grad_fn(model.embed(Tensor(ids))))})
+    assert grads[0].keys() == grads[1].keys()
+    for name, want in grads[0].items():
+        np.testing.assert_allclose(grads[1][name], want, rtol=1e-4, atol=1e-6, err_msg=name)
