@@ -115,6 +115,11 @@ def fused_op_constraints(config: LLMConfig) -> dict:
         rotary.append(f"head_dim={d} must be even and below {ROTARY_MAX_HEAD_DIM}")
     if n >= ROTARY_MAX_BATCH_OR_HEADS:
         rotary.append(f"num_heads={n} must be below {ROTARY_MAX_BATCH_OR_HEADS}")
+    from eve_ms.models.llm import rope_inverse_frequencies  # here: eve_ms.models.llm imports this module
+
+    _, attention_factor = rope_inverse_frequencies(config)
+    if attention_factor > 1:  # YaRN scales cos and sin; the operator documents them in [-1, 1]
+        rotary.append(f"cos/sin scaled by the rope attention factor {attention_factor:.4g} leave [-1, 1]")
     rms_norm = [] if 0 < config.rms_norm_eps <= 1 else [f"rms_norm_eps={config.rms_norm_eps} must be in (0, 1]"]
     return {"attention": "; ".join(attention), "rotary": "; ".join(rotary), "rms_norm": "; ".join(rms_norm),
             "swiglu": ""}

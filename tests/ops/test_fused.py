@@ -78,6 +78,8 @@ def test_a_run_yaml_asking_for_fused_ops_on_cpu_fails_when_it_loads(tmp_path):
     ({"hidden_size": 8 * 600, "num_heads": 8, "num_kv_heads": 8}, "attention", "head_dim=600"),
     ({"hidden_size": 16 * 300, "num_heads": 300, "num_kv_heads": 300}, "attention", "num_heads=300"),
     ({"rms_norm_eps": 2.0}, "rms_norm", "rms_norm_eps=2.0"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}, "rotary",
+     "attention factor 1.139"),
 ])
 def test_a_model_outside_an_operators_constraints(overrides, op, reason, caplog):
     # on: an error naming the operator and the constraint; auto: that operator falls back, the others stay
@@ -90,6 +92,8 @@ def test_a_model_outside_an_operators_constraints(overrides, op, reason, caplog)
     assert FUSED_OP_APIS[op] in caplog.text and reason in caplog.text
     if op == "attention":  # the rotary operator runs inside the fused attention only
         assert chosen.rotary is False
+    if op == "rotary":  # the attention stays fused, with the composed rotary formula inside
+        assert chosen.attention is True
 
 
 # --------------------------------------------------------------------------- arguments of the fused calls
