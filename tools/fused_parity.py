@@ -13,7 +13,7 @@ significant bits: unit roundoff u = 2**-8 = 3.9e-3):
 | cases | tolerance | why |
 |---|---|---|
 | rms_norm, rotary, fast_gelu | 2**-7 = 7.8e-3 (2u) | one rounding of the output, one of the input |
-| swiglu, flash_attention (+ grad) | 2e-2 (~5u) | bfloat16 matmuls before and after the op round their inputs and outputs |
+| swiglu, flash_attention (+ grad) | 2e-2 (~5u) | the bfloat16 matmuls around the op round inputs and outputs |
 | llm (4 layers, every operator) | 3e-2 | the same roundings through 4 residual layers and the head |
 
 UNVERIFIED ON HARDWARE: written and checked on CPU with stand-in operators
