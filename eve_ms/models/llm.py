@@ -41,7 +41,9 @@ from mindspore.common.initializer import Normal, initializer
 
 from eve_ms.config import IGNORE_INDEX, ConfigError, EVFConfig, LLMConfig
 from eve_ms.models.ffn import FeedForward, ffn_param_count
-from eve_ms.ops.fused import FusedOps, flash_attention_kwargs, flash_attention_mask, rotary_layout, select_fused_ops
+from eve_ms.ops.fused import (
+    ROTARY_MODE_ROTATE_HALF, FusedOps, flash_attention_kwargs, flash_attention_mask, rotary_layout, select_fused_ops,
+)
 
 __all__ = [
     "LLM", "LLMDecodeStep", "RMSNorm", "Attention", "DecoderLayer", "Decoder", "Embedding",
@@ -289,8 +291,8 @@ class Attention(nn.Cell):
         v = v.reshape(b, s, self.num_kv_heads, self.head_dim)
         cos, sin = rotary_layout(cos.astype(q.dtype), sin.astype(q.dtype), b, s)
         if self.fused_rotary:
-            q = ops.rotary_position_embedding(q, cos, sin, 0)  # mode 0: rotate_half, as _apply_rope
-            k = ops.rotary_position_embedding(k, cos, sin, 0)
+            q = ops.rotary_position_embedding(q, cos, sin, ROTARY_MODE_ROTATE_HALF)  # as _apply_rope
+            k = ops.rotary_position_embedding(k, cos, sin, ROTARY_MODE_ROTATE_HALF)
         else:
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # the formula broadcasts in BSND too
         out = ops.flash_attention_score(q, k, v, attn_mask=flash_attention_mask(mask_bias), **self.flash_kwargs)

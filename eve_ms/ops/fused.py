@@ -152,7 +152,9 @@ def select_fused_ops(config: LLMConfig, device_target: str | None = None) -> Fus
             logger.warning("llm.fused_ops=auto on Ascend: %s not used (%s); composed ops instead",
                            FUSED_OP_APIS[name], reason)
         flags[name] = not reason
-    return FusedOps(**flags)
+    chosen = FusedOps(**flags)
+    logger.info("llm.fused_ops=%s on %s: fused %s", setting, device_target, ", ".join(chosen.names) or "none")
+    return chosen
 
 
 # --------------------------------------------------------------------------- arguments of the fused calls
