@@ -147,3 +147,15 @@ def test_rotary_tables_move_to_the_bsnd_layout_without_changing_values(rng):
     assert c.shape == s.shape == (2, 5, 1, 8)
     np.testing.assert_array_equal(c.asnumpy()[:, :, 0], cos[:, 0])
     np.testing.assert_array_equal(s.asnumpy()[:, :, 0], sin[:, 0])
+
+
+def test_mindspores_flash_attention_primitive_accepts_the_arguments():
+    """Built as ops.flash_attention_score builds it: its attribute checks run on any device (no kernel here)."""
+    from mindspore.ops.operations.nn_ops import FlashAttentionScore
+
+    kwargs = flash_attention_kwargs(config(hidden_size=128, num_heads=8, num_kv_heads=2))
+    order = ("head_num", "keep_prob", "scalar_value", "pre_tokens", "next_tokens", "inner_precise", "input_layout",
+             "sparse_mode")
+    FlashAttentionScore(*(kwargs[name] for name in order))
+    with pytest.raises(ValueError, match="input_layout"):  # the check is real: a layout it does not know fails
+        FlashAttentionScore(*(dict(kwargs, input_layout="BNDS")[name] for name in order))
