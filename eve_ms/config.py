@@ -153,6 +153,7 @@ class AdapterConfig:
 
 
 FFN_KINDS = ("swiglu", "series")
+FUSED_OPS_CHOICES = ("auto", "on", "off")  # llm.fused_ops (eve_ms/ops/fused.py)
 ATTN_SHORTCUT_ACTIVATIONS = ("fast_gelu",)
 
 
@@ -213,8 +214,13 @@ class LLMConfig:
     # tiny LLM trained from scratch whose inputs include image tokens of unit RMS (the LDP ends in a
     # LayerNorm) learns to read them much sooner when its word vectors are of a comparable size.
     embedding_init_std: float = 0.02
+    # MindSpore's fused Ascend operators (flash attention, RMSNorm, rotary, SwiGLU; eve_ms/ops/fused.py):
+    # auto = on Ascend, composed ops elsewhere | on = required (an error off Ascend) | off = composed everywhere
+    fused_ops: str = "auto"
 
     def __post_init__(self):
+        if self.fused_ops not in FUSED_OPS_CHOICES:
+            raise ConfigError(f"llm.fused_ops must be one of {FUSED_OPS_CHOICES}, got {self.fused_ops!r}")
         for key in ("ffn_below_split", "ffn_from_split"):
             if getattr(self, key) not in FFN_KINDS:
                 raise ConfigError(f"llm.{key} must be one of {FFN_KINDS}, got {getattr(self, key)!r}")

@@ -156,12 +156,14 @@ class EVFLayer(nn.Cell):
     Composed ops take the capacity from x's static shape, so any B*S works.
     """
 
-    def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig, ffn_kind: str = "swiglu"):
+    def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig, ffn_kind: str = "swiglu", fused=None):
         super().__init__()
         check_evf_config(evf_config)
-        # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy
-        self.language_ffn = FeedForward(llm_config, ffn_kind)
-        self.vision_ffn = FeedForward(llm_config, ffn_kind)
+        # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy;
+        # `fused` (eve_ms.ops.fused.FusedOps, default: from llm_config) picks their SwiGLU kernel, which
+        # run on the static [capacity, H] expert buffers like the composed ones
+        self.language_ffn = FeedForward(llm_config, ffn_kind, fused)
+        self.vision_ffn = FeedForward(llm_config, ffn_kind, fused)
         self.router = Router(llm_config.hidden_size, evf_config)
         self.strategy = evf_config.strategy
         self.combine = evf_config.combine

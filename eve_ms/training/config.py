@@ -255,6 +255,17 @@ class TrainConfig:
             raise ConfigError(f"pet_config.pet_type must be lora, got {self.pet_config.pet_type!r} in {where}")
         if ":" not in self.task:
             raise ConfigError(f"task must be 'module:function' or 'file.py:function', got {self.task!r} in {where}")
+        self._check_fused_ops()
+
+    def _check_fused_ops(self) -> None:
+        """llm.fused_ops: on needs the Ascend device target: say so now, before data or graph work."""
+        section = self.model.get("model_config", self.model) if isinstance(self.model, dict) else None
+        llm = section.get("llm") if isinstance(section, dict) else None
+        if isinstance(llm, dict) and llm.get("fused_ops") == "on":
+            from eve_ms.ops.fused import check_fused_ops_setting
+            from eve_ms.runtime import resolve_device_target
+
+            check_fused_ops_setting("on", resolve_device_target(self.context.device_target), self.source)
 
     @property
     def micro_batch_size(self) -> int:
