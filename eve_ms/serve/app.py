@@ -117,8 +117,7 @@ def create_app(engine, tokenizer, config, template, model_name: str, limits: Lim
         cid = protocol.completion_id()
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(_stream(engine, job, events, cid, model_name, prepared.prompt_tokens, usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return _JobStream(engine, job, _stream(events, cid, model_name, prepared.prompt_tokens, usage))
         done = False
         try:
             while not done:
@@ -139,27 +138,35 @@ def create_app(engine, tokenizer, config, template, model_name: str, limits: Lim
     return app
 
 
-async def _stream(engine, job, events, cid, model_name, prompt_tokens, include_usage):
-    """Server-sent events of one reply; leaving early (the client went away) cancels the job."""
-    done = False
-    try:
-        yield _sse(protocol.chunk(cid, model_name, {"role": "assistant", "content": ""}))
-        while True:
-            kind, value = await events.get()
-            if kind == "piece":
-                yield _sse(protocol.chunk(cid, model_name, {"content": value}))
-                continue
-            done = True
-            if isinstance(value, Exception):
-                yield _sse(protocol.error_body(f"generation failed: {type(value).__name__}: {value}", None,
-                                               "server_error"))
-                break
-            yield _sse(protocol.chunk(cid, model_name, {}, protocol.FINISH_REASONS[value.finish_reason]))
-            if include_usage:
-                yield _sse(protocol.chunk(cid, model_name, usage_=protocol.usage(prompt_tokens,
-                                                                                 len(value.token_ids))))
-            yield "data: [DONE]\n\n"
-            break
-    finally:
-        if not done:
-            engine.cancel(job)
+class _JobStream(StreamingResponse):
+    """Server-sent events of one job. However the response ends, the client gone included (Starlette then
+    cancels the stream, maybe before its first event), the job is cancelled: a no-op once it has finished."""
+
+    def __init__(self, engine, job, events):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.engine, self.job = engine, job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.engine.cancel(self.job)
+
+
+async def _stream(events, cid, model_name, prompt_tokens, include_usage):
+    """Server-sent events of one reply: the role, each piece of text, the finish reason, [DONE]."""
+    yield _sse(protocol.chunk(cid, model_name, {"role": "assistant", "content": ""}))
+    while True:
+        kind, value = await events.get()
+        if kind == "piece":
+            yield _sse(protocol.chunk(cid, model_name, {"content": value}))
+            continue
+        if isinstance(value, Exception):
+            yield _sse(protocol.error_body(f"generation failed: {type(value).__name__}: {value}", None,
+                                           "server_error"))
+            return
+        yield _sse(protocol.chunk(cid, model_name, {}, protocol.FINISH_REASONS[value.finish_reason]))
+        if include_usage:
+            yield _sse(protocol.chunk(cid, model_name, usage_=protocol.usage(prompt_tokens, len(value.token_ids))))
+        yield "data: [DONE]\n\n"
+        return

@@ -29,7 +29,7 @@ class QueueFull(RuntimeError):
     """The waiting queue holds `max_queue` jobs already."""
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (the queue's remove), never by their arrays
 class Job:
     """One request for the model. The callbacks run on the worker thread."""
 

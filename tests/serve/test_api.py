@@ -133,6 +133,7 @@ def _bad_requests():
         ("no-user-message-last", {"messages": [user_message("Hi"), {"role": "assistant", "content": "Hello"}]},
          400, "messages"),
         ("temperature", {"messages": [user_message("Hi")], "temperature": 7}, 400, "temperature"),
+        ("negative-seed", {"messages": [user_message("Hi")], "seed": -1}, 400, "seed"),
         ("other-model", {"model": "gpt-4o", "messages": [user_message("Hi")]}, 404, "model"),
     ]
 

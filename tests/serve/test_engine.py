@@ -33,12 +33,12 @@ def test_a_full_queue_answers_503_with_retry_after_and_waiting_jobs_run_once_the
                 all_done.set()
         return Job(ids, None, GenerationConfig(max_new_tokens=2), lambda piece: None, done)
 
-    dropped, first, second = job(), job(), job()
-    engine.submit(dropped)
-    engine.submit(first)  # the worker has not started: two jobs fill the queue
+    first, dropped, second = job(), job(), job()
+    engine.submit(first)
+    engine.submit(dropped)  # the worker has not started: two jobs fill the queue
     with pytest.raises(QueueFull):
         engine.submit(job())
-    engine.cancel(dropped)  # its client went away before it ran
+    engine.cancel(dropped)  # its client went away before it ran (found by identity behind another job)
     engine.submit(second)
     with TestClient(app) as http:
         assert http.get("/health").json()["waiting"] == 2
