@@ -209,7 +209,7 @@ class Generator:
                 continue
             mode = self.evf_mode_for(with_image, language_only)
             for part in self._fitting_parts(group, prompts, limits):
-                rngs = sample_rngs if len(sample_rngs) == 1 and configs is None else [sample_rngs[i] for i in part]
+                rngs = sample_rngs if configs is None else [sample_rngs[i] for i in part]
                 results = self._generate_group(
                     [prompts[i] for i in part], [pixels[i] for i in part] if with_image else None,
                     [limits[i] for i in part], mode, [row_configs[i] for i in part], rngs, noise_rng,
