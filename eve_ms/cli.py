@@ -16,6 +16,7 @@ COMMANDS = {
     "plot": ("eve_ms.training.plots", "plot a training JSONL log to PNG"),
     "data": ("eve_ms.data.check", "validate a LLaVA-format dataset, or mix several by a recipe"),
     "chat": ("eve_ms.inference.chat", "chat with a checkpoint, with or without an image"),
+    "serve": ("eve_ms.serve.command", "serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page"),
     "eval": ("eve_ms.eval.run", "evaluate a checkpoint on a benchmark"),
     "convert": ("eve_ms.convert.cli", "convert Hugging Face / PyTorch Eve checkpoints"),
 }
