@@ -38,7 +38,7 @@ Unknown keys are errors naming the key and the file.
       total_steps: -1             # the run's length; -1: epochs x steps per epoch of the data
     runner_wrapper:               # the train step (eve_ms.training.trainer)
       type: EveTrainOneStepCell
-      compute_dtype: float32      # float32 | float16 | bfloat16 (what the device supports)
+      compute_dtype: float32      # float32 | float16 | bfloat16 (GPU/Ascend; CPU trains in float32 only)
       amp_level: O2               # mindspore.amp level for float16/bfloat16: O2 | O3 | auto
       use_clip_grad: true
       max_grad_norm: 1.0
@@ -63,6 +63,11 @@ Unknown keys are errors naming the key and the file.
     model: {...}                  # EveConfig (eve_ms.config), read by the task
     data: {...}                   # the data section (eve_ms.data), read by the task
     task_options: {}              # free-form options of a custom task
+
+Every section is checked when the yaml loads (`load_train_config`), each key by the dataclass that
+owns it, before any tokenizer, data or graph work; the Eve stages' task also checks its model,
+data and task_options sections then, even those the stage does not use (`stages.check_config`),
+and the compute dtype against the run's device. Errors are `ConfigError`s naming the key and the file.
 
 Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
 A file may inherit from others with MindFormers' `base_config: [file, ...]` (see

@@ -13,6 +13,11 @@ and converts the dense FFNs (`convert_dense_to_evf`); a checkpoint without LoRA 
 stage 2's `merged/`) is loaded as it is. The router starts normal(0, `router_init_std`), seeded
 by the run's `seed`, so a resumed run rebuilds the same frozen model.
 
+The start checkpoint's `model_config.yaml` (when `load_checkpoint` has one) is the source of the
+architecture: a run yaml that differs from it on any model field is a ConfigError at load naming
+each field and both values, except the sections the stage builds anew (`STAGE_MAY_CHANGE`: `evf`,
+and stage 1's `adapter`).
+
 `load_checkpoint` names an eve-ms checkpoint directory (its `model.safetensors` is read) or a
 safetensors weights file. Loading is strict: a missing file names the path, a tensor the
 network needs but the file lacks, one of the wrong shape, or one the network has no place for
