@@ -15,8 +15,8 @@ So every `SeededDropout` reads one process-wide key, a non-trainable int64 Param
 index) with `set_random_key`; it is not a parameter of any network (not saved, not loaded).
 The mask of a call is then a pure function of (key, the cell's `salt`, element index):
 
-- Ascend: MindSpore's `DropoutExt(x, p, seed, offset)` with seed = the key mixed with the salt
-  and offset 0 (its native seeded kernel);
+- Ascend: MindSpore's seeded dropout kernel (`func_dropout_ext_op`, what `mindspore.nn.DropoutExt`
+  runs) with seed = the key mixed with the salt and offset 0 (not run here: no Ascend device);
 - CPU and GPU: keep = lowbias32(lowbias32(index ^ k0) ^ k1) >= p x 2^32, with k0, k1 the key
   words mixed with the salt, computed exactly in int64 lanes (`lowbias32` is Chris Wellons'
   32-bit integer hash, bias 0.17; reference `numpy_keep_mask`).
@@ -127,10 +127,10 @@ def _cell():
             self.threshold = threshold(self.p)
             # not a Cell attribute MindSpore registers: the key is no parameter of the network
             object.__setattr__(self, "_key", random_key())
-            if self.native:
-                from mindspore.ops.auto_generate import DropoutExt
+            if self.native:  # what mindspore.nn.DropoutExt calls, with our seed instead of the global generator's
+                from mindspore.ops.auto_generate import func_dropout_ext_op
 
-                self.dropout_ext = DropoutExt()
+                self.dropout_ext = func_dropout_ext_op
 
         def keep_mask(self, x):
             salted = ms.Tensor(self.salted, int64)
@@ -147,8 +147,7 @@ def _cell():
                 # 62 bits of key and salt (an int64 seed must stay positive)
                 k0 = lowbias32(ops.bitwise_xor(self._key[0], ms.Tensor(self.salted, int64)))
                 seed = k0 * 1073741824 + lowbias32(ops.bitwise_xor(self._key[1], k0))
-                out, _ = self.dropout_ext(x, self.p, seed, ms.Tensor(0, int64))
-                return out
+                return self.dropout_ext(x, self.p, True, False, seed, ms.Tensor(0, int64))
             return x * ops.cast(self.keep_mask(x), x.dtype) * (1.0 / (1.0 - self.p))
 
     return SeededDropout
