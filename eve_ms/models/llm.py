@@ -39,7 +39,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from eve_ms.config import IGNORE_INDEX, ConfigError, EVFConfig, LLMConfig
+from eve_ms.config import IGNORE_INDEX, ROPE_TYPES, ConfigError, EVFConfig, LLMConfig
 from eve_ms.models.ffn import FeedForward, ffn_param_count
 from eve_ms.ops.fused import (
     ROTARY_MODE_ROTATE_HALF, FusedOps, flash_attention_kwargs, flash_attention_mask, rotary_layout, select_fused_ops,
@@ -51,7 +51,6 @@ __all__ = [
     "llm_param_count", "ffn_param_count", "ROPE_TYPES",
 ]
 
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 _FP32_MIN = float(np.finfo(np.float32).min)  # masked attention scores: finite, so an all-masked row stays NaN-free
 
 
@@ -95,20 +94,7 @@ class Embedding(nn.Cell):
 
 
 def _rope_scaling(config: LLMConfig) -> tuple[str, dict]:
-    scaling = dict(config.rope_scaling or {})
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ROPE_TYPES:
-        raise ConfigError(f"unsupported rope_scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
-    required = {
-        "linear": ("factor",),
-        "dynamic": ("factor",),
-        "yarn": ("factor",),
-        "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-    }.get(rope_type, ())
-    missing = [key for key in required if scaling.get(key) is None]
-    if missing:
-        raise ConfigError(f"rope_scaling of type {rope_type!r} needs key(s) {missing}, got {scaling}")
-    return rope_type, scaling
+    return config.rope_type, dict(config.rope_scaling or {})  # LLMConfig checks type and keys
 
 
 def rope_inverse_frequencies(config: LLMConfig) -> tuple[np.ndarray, float]:
@@ -654,16 +640,7 @@ def greedy_generate(step: LLMDecodeStep, input_ids, attention_mask, max_new_toke
 
 
 def _check_config(config: LLMConfig) -> None:
-    if config.num_heads % config.kv_heads:
-        raise ConfigError(f"num_heads={config.num_heads} is not a multiple of num_kv_heads={config.kv_heads}")
-    if config.head_dim is None and config.hidden_size % config.num_heads:
-        raise ConfigError(
-            f"hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}; set head_dim"
-        )
-    if config.dim_per_head % 2:
-        raise ConfigError(f"head_dim={config.dim_per_head} must be even for rotary embeddings")
-    config.split_index  # noqa: B018 (a ConfigError when the config was changed into an unresolvable one)
-    _rope_scaling(config)
+    config.validate()  # the checks live with the fields (LLMConfig); re-run for a config changed after it was built
 
 
 def llm_param_count(config: LLMConfig) -> int:

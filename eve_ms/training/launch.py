@@ -56,6 +56,18 @@ def resolve_task(spec: str):
     return getattr(module, function)
 
 
+GRAPH_DUMPS_DIR = "graph_dumps"
+_USER_OM_PATH = os.environ.get("MS_OM_PATH")  # a folder the user chose for MindSpore's dumps is kept
+
+
+def keep_graph_dumps_in(output_dir: str) -> str:
+    """Point MindSpore's graph-compile dumps (`rank_N/om/analyze_fail.ir`, by default under the working
+    directory) at `<output_dir>/graph_dumps` via $MS_OM_PATH, read when a compile fails; returns the folder."""
+    folder = _USER_OM_PATH or os.path.abspath(os.path.join(output_dir, GRAPH_DUMPS_DIR))
+    os.environ["MS_OM_PATH"] = folder
+    return folder
+
+
 def train(config: TrainConfig, resume: bool = False):
     """Set up context and data parallelism, build the task, train; returns the Trainer."""
     import mindspore as ms
@@ -66,6 +78,7 @@ def train(config: TrainConfig, resume: bool = False):
     from eve_ms.training.trainer import Trainer
 
     os.environ.setdefault("LOG_MF_PATH", os.path.abspath(os.path.join(config.output_dir, "mindformers_log")))
+    keep_graph_dumps_in(config.output_dir)
     setup_context(config.context.device_target, config.context.mode_name, config.context.runtime_num_threads)
     dist = init_distributed()
     ms.set_seed(config.seed)
@@ -91,7 +104,10 @@ def run(args) -> int:
         if args.output_dir:
             config.output_dir = args.output_dir
         train(config, resume=args.resume or config.resume_training)
-    except (ConfigError, CheckpointError, TrainingError) as err:
+    except ConfigError as err:  # the yaml (or a file it names) is wrong: a usage error
+        print(f"eve-ms train: error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, TrainingError) as err:
         print(f"eve-ms train: error: {err}", file=sys.stderr)
         return 1
     return 0

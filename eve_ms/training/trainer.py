@@ -38,20 +38,12 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from eve_ms.config import IGNORE_INDEX
+from eve_ms.ops.seeded_dropout import set_random_key
 from eve_ms.training import checkpoint as ckpt
 from eve_ms.training.config import TrainConfig
 from eve_ms.training.distributed import DistInfo, all_reduce_sum
 from eve_ms.training.metrics import MetricsLog, ProgressBar, TensorBoardLog
 from eve_ms.training.optim import build_lr_schedule, build_optimizer, lr_at, optimizer_state
-
-# Which compute dtypes each device target trains in. float16 on CPU runs for networks whose
-# ops have CPU float16 kernels (plain Dense/activation nets do); bfloat16 matmuls do not exist there.
-SUPPORTED_COMPUTE_DTYPES = {
-    "CPU": ("float32", "float16"),
-    "GPU": ("float32", "float16", "bfloat16"),
-    "Ascend": ("float32", "float16", "bfloat16"),
-}
-
 
 class TrainingError(RuntimeError):
     """Training cannot go on: bad task set-up, an inconsistent batch, or a broken step."""
@@ -283,7 +275,8 @@ class Trainer:
         self.params = [p for p in self.network.get_parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the network has no trainable parameter (every requires_grad is False)")
-        self.compute_dtype = self._check_precision(config.runner_wrapper.compute_dtype)
+        # which device trains in which dtype is checked when the yaml loads (WrapperConfig.check_device)
+        self.compute_dtype = config.runner_wrapper.compute_dtype
         train_net = self.network
         if self.compute_dtype != "float32":
             dtype = ms.float16 if self.compute_dtype == "float16" else ms.bfloat16
@@ -312,18 +305,6 @@ class Trainer:
         self._iterator = None
 
     # ----------------------------------------------------------------- set-up helpers
-
-    def _check_precision(self, dtype: str) -> str:
-        from eve_ms.runtime import current_device_target
-
-        device = current_device_target()
-        allowed = SUPPORTED_COMPUTE_DTYPES.get(device, ("float32",))
-        if dtype not in allowed:
-            raise TrainingError(
-                f"runner_wrapper.compute_dtype {dtype} is not supported on device {device} "
-                f"(supported there: {', '.join(allowed)})"
-            )
-        return dtype
 
     def _next_micro_batch(self) -> dict:
         if self._iterator is None:
@@ -366,6 +347,8 @@ class Trainer:
         stats_sum = None
         for index, (batch, count) in enumerate(zip(batches, counts)):
             inputs = [self._to_tensor(batch, key, step) for key in self.task.input_keys]
+            # random ops draw from (seed, step, global micro-batch index) alone: runs repeat and resume exactly
+            set_random_key(self.config.seed, step, index * self.dist.world_size + self.dist.rank)
             out_loss, out_n, out_aux, out_stats = self._micro(*inputs, inv_n, aux_w, scale)
             micro_loss = float(out_loss.asnumpy())
             if not math.isfinite(micro_loss):
@@ -561,11 +544,16 @@ class Trainer:
 
 
 def _rng_state() -> dict:
+    """numpy's, Python's and MindSpore's global generator states (for random draws a task makes itself;
+    the trainer's own random ops are keyed per micro-batch, see `set_random_key`)."""
+    import mindspore as ms
+
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "mindspore": ms.get_rng_state().asnumpy().tolist(),
     }
 
 
@@ -576,3 +564,7 @@ def _set_rng_state(state: dict) -> None:
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
+    if "mindspore" in state:
+        import mindspore as ms
+
+        ms.set_rng_state(ms.Tensor(np.asarray(state["mindspore"], np.uint8)))
