@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import ml_dtypes  # registers numpy's "bfloat16", the dtype safetensors' numpy API returns BF16 tensors in
 import numpy as np
+from eve_ms.errors import EveError
 
 _TORCH_STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -25,7 +26,7 @@ _TORCH_STORAGE_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EveError, ValueError):
     """A checkpoint that cannot be read or does not match what is expected."""
 
 
