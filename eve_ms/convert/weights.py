@@ -151,4 +151,11 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[s
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a model folder is for others to read
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
