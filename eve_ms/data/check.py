@@ -31,6 +31,7 @@ class CheckResult:
     report: SkipReport = field(default_factory=lambda: SkipReport(max_ids=10))
     problems: list = field(default_factory=list)  # one message per unusable record
     fatal: Optional[str] = None  # malformed JSON list: nothing after it could be read
+    first_problem: Optional[str] = None  # the message of the first unusable record (kept without keep_details)
 
     @property
     def num_usable(self) -> int:
@@ -148,6 +149,7 @@ def check_dataset(
                     result.num_records += 1
                     result.report.add(item.reason, f"line {item.line}")
                     result.problems.append(str(item))
+                    result.first_problem = result.first_problem or str(item)
                 else:
                     yield item
         except DataError as err:  # malformed or non-UTF-8 JSON list, missing file: nothing after it can be read
@@ -168,6 +170,7 @@ def check_dataset(
                     result.lengths.append(length)
                 if problem:
                     result.report.add(problem[0], name)
+                    result.first_problem = result.first_problem or f"{path}: {problem[1]}"
                     if keep_details:
                         result.problems.append(problem[1])
                 else:
@@ -232,7 +235,7 @@ def run(args) -> int:
     elif not result.num_records:
         reason = f"{args.data_path} holds no record"
     else:
-        reason = (f"{args.data_path}: {result.report.num_skipped} of {result.num_records} records would be "
-                  "skipped in training (listed above)")
+        reason = (f"{result.report.num_skipped} of {result.num_records} records would be skipped in training "
+                  f"(listed above); the first: {result.first_problem}")
     print(f"eve-ms data check: error: {reason}", file=sys.stderr)
     return 1

@@ -209,7 +209,8 @@ class LlavaLoader:
         )
         try:
             self.index = cached_index(config.data_path, encoder.validate, config.skip_bad_samples,
-                                      config.max_reported_ids, config.index_cache_dir, key=f"template={config.template}")
+                                      config.max_reported_ids, config.index_cache_dir,
+                                      key=f"template={config.template}")
         except BadSampleError as err:
             raise err.with_hint(NO_SKIP_HINT)
         if not len(self.index):
@@ -339,7 +340,7 @@ class LlavaLoader:
                 iterator.stop()
 
     def __iter__(self) -> Iterator[dict]:
-        """The remaining batches of the current epoch; the report is logged with the last one, then the epoch advances."""
+        """The remaining batches of the current epoch; the report is logged with the last, then the epoch advances."""
         epoch = self.epoch
         for raw in self._raw_batches(epoch, self.step):
             batch, counts, records = _strip(raw)
@@ -374,7 +375,7 @@ class LlavaLoader:
         return reports
 
     def finish_report(self, reason: str = "run ended") -> list[dict]:
-        """At the end of a run (stop step, error, interrupt): report the unfinished epoch's batches; then `take_reports`."""
+        """At the end of a run (stop step, error, interrupt): report the unfinished epoch's part; then `take_reports`."""
         if not self._reported and self.step > self.report_from_step:
             self._emit_report(f", {reason} mid-epoch")
         return self.take_reports()

@@ -18,7 +18,14 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from eve_ms.data.report import BadSampleError, DataError, InvalidUTF8Error, MalformedJSONError, MissingDataError, SkipReport
+from eve_ms.data.report import (
+    BadSampleError,
+    DataError,
+    InvalidUTF8Error,
+    MalformedJSONError,
+    MissingDataError,
+    SkipReport,
+)
 
 INDEX_FORMAT = 1  # bump when the index's meaning changes, so old cache files are not reused
 CHUNK_BYTES = 1 << 20
