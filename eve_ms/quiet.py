@@ -4,32 +4,23 @@ MindSpore and MindFormers write log folders (`./output/log/rank_0/`, `rank_0/om/
 the working directory unless told otherwise, and the frameworks print a handful of deprecation
 and import warnings that say nothing about the user's run. `start_up()` runs before any of them
 is imported: it points their log folders at a cache folder (a training run moves them under its
-output_dir, see `log_under`) and filters the warnings listed in `HARMLESS_WARNINGS`. With
-`verbose` nothing is hidden and the frameworks' own defaults stay.
+output_dir, see `log_under`) and filters the log lines listed in `HARMLESS_LOG_MESSAGES` (each
+seen at start-up with the pinned MindSpore 2.9 / MindFormers 1.9; anything else still shows). With
+`verbose` nothing is hidden.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-import warnings
 
-# (message regex, category) of warnings known to be harmless for eve-ms users; each was seen on
-# the pinned versions at start-up and says nothing about the run.
-HARMLESS_WARNINGS = (
-    (r".*pkg_resources is deprecated.*", DeprecationWarning),
-    (r".*pkg_resources is deprecated.*", UserWarning),
-    (r".*declare_namespace.*", DeprecationWarning),
-    (r".*distutils.*", DeprecationWarning),
-    (r".*np\.find_common_type is deprecated.*", DeprecationWarning),
-    (r".*`torch_dtype` is deprecated.*", UserWarning),
-    (r".*TypedStorage is deprecated.*", UserWarning),
-    (r".*The value of the smallest subnormal.*", UserWarning),
+# Log lines known to be harmless: MindFormers' optional modules of models eve-ms does not use, and
+# MindSpore's notices about its own API (set_context parameters, module renames) that users cannot act on.
+HARMLESS_LOG_MESSAGES = (
+    r"Import \w+ failed: No module named 'hyper_parallel'",
+    r"For 'context\.set_context', the parameter '\w+' will be deprecated",
+    r"Module 'mindspore\.[\w.]+' is deprecated from version",
 )
-# MindFormers logs these at import: optional modules of models eve-ms does not use.
-HARMLESS_LOG_MESSAGES = (r"Import \w+ failed: No module named 'hyper_parallel'",)
-# MindSpore's C++ log level: 3 = errors only (its warnings are about its own internals).
-QUIET_GLOG = "3"
 
 
 def default_log_dir() -> str:
@@ -48,9 +39,11 @@ _FILTER = _HarmlessFilter()
 
 
 def _filter_mindformers_log() -> None:
-    # MindFormers' logger is named "mindformers" + its log folder; created here first, it keeps the filter.
+    # MindFormers' logger is named "mindformers" + its log folder, MindSpore's "ME.mindspore.log.<pid>";
+    # created here first, they keep the filter.
     if os.environ.get("EVE_MS_VERBOSE", "") in ("", "0"):
         logging.getLogger("mindformers" + os.path.expanduser(os.environ["LOG_MF_PATH"])).addFilter(_FILTER)
+        logging.getLogger(f"ME.mindspore.log.{os.getpid()}").addFilter(_FILTER)
 
 
 def log_under(directory: str) -> None:
@@ -71,7 +64,3 @@ def start_up(verbose: bool = False) -> None:
         os.environ["EVE_MS_VERBOSE"] = "1"
         return
     _filter_mindformers_log()
-    os.environ.setdefault("GLOG_v", QUIET_GLOG)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for message, category in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
