@@ -153,11 +153,11 @@ def test_train_on_bad_data_is_one_line(user, tmp_path, row):
     assert not (tmp_path / "output").exists() and not (tmp_path / "rank_0").exists()  # no logs in the cwd
 
 
-def test_debug_adds_the_traceback(user, tmp_path):
-    data, code, fragments = make_row("empty file", user, tmp_path)
-    config = stage0_yaml(tmp_path / "run.yaml", user, tmp_path / "out", data)
-    result = cli("train", "--config", config, "--debug", cwd=tmp_path)
-    assert result.returncode == code and "Traceback" in result.stderr and "DataError" in result.stderr
+def test_debug_adds_the_traceback(tmp_path):
+    missing = str(tmp_path / "nowhere.json")
+    result = cli("data", "check", missing, "--debug", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" in result.stderr and "MissingDataError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"eve-ms data check: error: data file not found: {missing}"
 
 
 @pytest.mark.parametrize("row", ["empty file", "non-UTF-8 JSON list", "non-UTF-8 JSONL python", "missing data file",

@@ -80,7 +80,7 @@ def test_bad_run_yaml_is_an_error_naming_the_key(tmp_path, text, message):
 def test_train_command_reports_a_bad_config_and_fails(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("stage: 4\n")
-    assert cli_main(["train", "--config", str(path)]) == 1
+    assert cli_main(["train", "--config", str(path)]) == 2  # a config error: usage status
     assert "stage must be 0, 1, 2 or 3" in capsys.readouterr().err
 
 
