@@ -16,13 +16,15 @@ from typing import Any, ClassVar, Optional, Union
 
 import yaml
 
+from eve_ms.errors import UsageError
+
 IMAGE_TOKEN_INDEX = -200  # placeholder id of one image token in input_ids (LLaVA's convention)
 IGNORE_INDEX = -100  # label of positions that do not count in the LM loss
 
 MISSING = dataclasses.MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file or dict that does not describe a valid model."""
 
 

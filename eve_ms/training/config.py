@@ -54,6 +54,9 @@ Unknown keys are errors naming the key and the file.
       progress_bar: true
       plot_at_end: true           # PNGs of the JSONL log when the run ends
       tensorboard: true           # TensorBoard event files of every step beside the JSONL log
+    health:                       # training health (eve_ms.training.trainer.HealthMonitor)
+      stall_steps: 10             # warn when the loss is constant and the grad norm 0 this many steps (0: off)
+      stop_on_stall: false        # true: then stop the run with an error
     pet_config:                   # LoRA of stage 2 (mindformers.pet), read by the task
       pet_type: lora
       lora_rank: 8
@@ -245,6 +248,17 @@ class LoggingConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Training-health checks (eve_ms.training.trainer.HealthMonitor)."""
+
+    stall_steps: int = 10  # warn when the loss is constant and the gradient norm 0 for this many steps (0: off)
+    stop_on_stall: bool = False  # and then stop the run with an error
+
+    def __post_init__(self):
+        _at_least("health", {"stall_steps": self.stall_steps}, 0)
+
+
+@dataclass
 class LoraSettings:
     """MindFormers `pet_config` of a LoRA run (mindformers.pet.pet_config.LoraConfig names)."""
 
@@ -284,6 +298,7 @@ class TrainConfig:
     runner_wrapper: WrapperConfig = field(default_factory=WrapperConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     pet_config: LoraSettings = field(default_factory=LoraSettings)
     model: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)

@@ -358,6 +358,7 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
     eve = model_config(config)
     options = stage_options(config)
     data = data_config(config, eve)
+    data.check_data_path()  # before the slow part: tokenizer, model
     weights = init_weights_file(config.load_checkpoint, stage)
     if weights and os.path.abspath(os.path.dirname(weights)) == os.path.abspath(config.output_dir):
         raise ConfigError(
@@ -372,10 +373,12 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
             f"{eve.llm.vocab_size} in {config.source}"
         )
 
-    model, eve = build_stage_model(config, log)
-    network = EveTrainNetwork(model)
+    # The data is indexed before the model is built, so a bad data file is reported in seconds; it
+    # reads only the image size/statistics and image token count, which the built model must share.
     loader = build_loader(data, eve, tokenizer, dist.rank, dist.world_size, config.grad_accum,
                           batch_size=config.micro_batch_size)
+    model, eve = build_stage_model(config, log)
+    network = EveTrainNetwork(model)
     if stage == 0 and loader.index.has_image.any():
         raise ConfigError(
             f"stage 0 pretrains the LLM on text-only data, but {data.data_path} has "

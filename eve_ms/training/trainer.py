@@ -39,13 +39,14 @@ import numpy as np
 
 from eve_ms.config import IGNORE_INDEX
 from eve_ms.ops.seeded_dropout import set_random_key
+from eve_ms.errors import EveError
 from eve_ms.training import checkpoint as ckpt
 from eve_ms.training.config import TrainConfig
 from eve_ms.training.distributed import DistInfo, all_reduce_sum
 from eve_ms.training.metrics import MetricsLog, ProgressBar, TensorBoardLog
 from eve_ms.training.optim import build_lr_schedule, build_optimizer, lr_at, optimizer_state
 
-class TrainingError(RuntimeError):
+class TrainingError(EveError, RuntimeError):
     """Training cannot go on: bad task set-up, an inconsistent batch, or a broken step."""
 
 
@@ -458,11 +459,17 @@ class Trainer:
         }
         return self.checkpoints.save(self.step, self.state_tensors(), metadata)
 
-    def resume(self) -> bool:
-        """Continue from the newest intact checkpoint in the output folder; False if there is none."""
+    def resume(self, start_if_none: bool = False) -> bool:
+        """Continue from the newest intact checkpoint in the output folder.
+
+        With none usable, a CheckpointError lists what was found and why each was rejected; with
+        `start_if_none` (`--resume-or-start`) the run starts at step 0 instead and False is returned.
+        """
         state = self.checkpoints.newest_valid()
         if state is None:
-            self.log(f"no checkpoint to resume from in {self.checkpoints.directory}; starting at step 0")
+            if not start_if_none:
+                raise self.checkpoints.no_usable_checkpoint()
+            self.log(f"no usable checkpoint to resume from in {self.checkpoints.directory}; starting at step 0")
             return False
         if int(state.metadata.get("global_batch", self.global_batch)) != self.global_batch:
             raise TrainingError(
@@ -496,12 +503,24 @@ class Trainer:
         ckpt.save_weights(self.network, path, meta)
         return path
 
+    def _log_data_reports(self, finish: str | None = None) -> None:
+        """Write the loader's data reports (end of an epoch; with `finish`, the run's unfinished epoch) to the log."""
+        loader = self.task.loader
+        take = getattr(loader, "finish_report", None) if finish else getattr(loader, "take_reports", None)
+        if take is None:
+            return
+        for report in take(finish) if finish else take():
+            self.metrics.write({"step": self.step, **report})
+
     # ----------------------------------------------------------------- the loop
 
-    def fit(self, resume: bool = False) -> list[dict]:
-        """Train to the last step, checkpointing on the way; returns this process's step records."""
+    def fit(self, resume: bool = False, start_if_none: bool = False) -> list[dict]:
+        """Train to the last step, checkpointing on the way; returns this process's step records.
+
+        `resume`: continue from the newest usable checkpoint (an error if there is none, unless `start_if_none`).
+        """
         if resume:
-            self.resume()
+            self.resume(start_if_none)
         elif self.checkpoints.checkpoints():
             self.log(
                 f"warning: {self.checkpoints.directory} holds checkpoints of an earlier run; this run starts at "
@@ -524,6 +543,8 @@ class Trainer:
                                purge_step=self.step + 1)
         records = []
         save_every = self.config.checkpoint.save_checkpoint_steps
+        health = HealthMonitor(self.config.health, self.log)
+        ended = "error"
         try:
             while self.step < self.last_step:
                 batches = [self._next_micro_batch() for _ in range(self.accum_steps)]
@@ -532,15 +553,65 @@ class Trainer:
                 self.metrics.write(record)
                 board.write(record)
                 bar.update(record)
+                self._log_data_reports()
                 if self.step % save_every == 0 or self.step == self.last_step:
                     self.save_checkpoint()
+                event = health.check(record)
+                if event is not None:
+                    self.metrics.write(event)
+                    if event["stop"]:
+                        raise TrainingError(event["message"] + "; stopped (health.stop_on_stall is true)")
+            ended = "stop step" if self.last_step < self.total_steps else "run ended"
+        except KeyboardInterrupt:
+            ended = "interrupted"
+            raise
         finally:
             bar.close()
             board.close()
+            try:
+                self._log_data_reports(finish=ended)
+            except Exception:  # noqa: BLE001 - never hide the error that ended the run
+                if ended != "error":
+                    raise
         self.save_weights()
         if self.task.finish is not None:
             self.task.finish(self)
         return records
+
+
+class HealthMonitor:
+    """Training health: the loss constant and the gradient norm exactly 0 for `stall_steps` steps in a row.
+
+    That is a run that no longer learns (e.g. a learning rate so large that the first updates
+    saturated every activation); it is reported once per stall, as a warning line and a
+    `training_health` log event, and with `stop_on_stall` it ends the run.
+    """
+
+    def __init__(self, config, log=print):
+        self.config, self.log = config, log
+        self.streak, self.loss, self.warned = 0, None, False
+
+    def check(self, record: dict) -> Optional[dict]:
+        """The event to log after this step's record, or None."""
+        if self.config.stall_steps <= 0:
+            return None
+        loss, norm = record["loss"], record["grad_norm"]
+        if norm == 0.0 and self.loss is not None and abs(loss - self.loss) <= 1e-6 * max(1.0, abs(loss)):
+            self.streak += 1
+        elif norm == 0.0:
+            self.streak, self.loss = 1, loss
+        else:
+            self.streak, self.loss, self.warned = 0, None, False
+        if self.streak < self.config.stall_steps or self.warned:
+            return None
+        self.warned = True
+        first = record["step"] - self.streak + 1
+        message = (f"training health: the loss has stayed at {loss:.6g} with a gradient norm of exactly 0 for "
+                   f"{self.streak} steps (steps {first}..{record['step']}): the model is not learning; check "
+                   f"lr_schedule.learning_rate (now {record['lr']:.3g}) and the data's labels")
+        self.log(f"warning: {message}")
+        return {"event": "training_health", "step": record["step"], "stalled_steps": self.streak,
+                "loss": loss, "message": message, "stop": bool(self.config.stop_on_stall)}
 
 
 def _rng_state() -> dict:

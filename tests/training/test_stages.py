@@ -163,8 +163,10 @@ def test_stage_outputs_are_checkpoint_directories_handing_down_the_tokenizer(cha
     assert len(load_tokenizer(os.path.join(chain.outputs[3], "tokenizer"))) == 512
     for stage in (0, 1, 3):
         load_eve_checkpoint(chain.outputs[stage], load_tokenizer=False)  # strict: loads as a plain Eve model
-    with pytest.raises(CheckpointError, match="mindpet_delta_lora"):
-        load_eve_checkpoint(chain.outputs[2], load_tokenizer=False)  # un-merged LoRA weights
+    merged = os.path.join(chain.outputs[2], "merged")
+    with pytest.raises(ConfigError, match=f"unmerged LoRA weights; use {merged}"):
+        load_eve_checkpoint(chain.outputs[2], load_tokenizer=False)  # un-merged LoRA weights: says which folder
+    load_eve_checkpoint(merged, load_tokenizer=False)
     log = read_log(os.path.join(chain.outputs[3], "train_log.jsonl"))
     for record in log:
         rates = record["token_success_rate"]
