@@ -18,6 +18,7 @@ COMMANDS = {
     "chat": ("eve_ms.inference.chat", "chat with a checkpoint, with or without an image"),
     "eval": ("eve_ms.eval.run", "evaluate a checkpoint on a benchmark"),
     "convert": ("eve_ms.convert.cli", "convert Hugging Face / PyTorch Eve checkpoints"),
+    "plan": ("eve_ms.plan.cli", "predict a run's memory and time per device from its yaml, and what makes it fit"),
 }
 
 

@@ -111,6 +111,8 @@ class TrainTask:
     count_tokens: Optional[Callable[[dict], int]] = None
     stat_names: Sequence[str] = ()  # names of the routing_stats entries (EVF layers)
     eval_cells: Sequence[str] = ()  # sub-cells kept in eval mode while training (frozen BatchNorm)
+    # the decoder layers, first to last, that `recompute_config.recompute` recomputes (the first N of them)
+    layer_cells: Sequence[str] = ()
     # hook(trainer, step) after a step's gradients are all-reduced, before the update
     hooks: Sequence[Callable] = ()
     # finish(trainer) on every rank after the final weights are written (e.g. the files that make
@@ -283,6 +285,8 @@ class Trainer:
         self.params = [p for p in self.network.get_parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the network has no trainable parameter (every requires_grad is False)")
+        self.recomputed = self._apply_recompute(config.recompute_config)
+        self._set_optimizer_parallel(config.parallel.enable_parallel_optimizer)
         self.compute_dtype = self._check_precision(config.runner_wrapper.compute_dtype)
         train_net = self.network
         if self.compute_dtype != "float32":
@@ -312,6 +316,34 @@ class Trainer:
         self._iterator = None
 
     # ----------------------------------------------------------------- set-up helpers
+
+    def _apply_recompute(self, recompute) -> list:
+        """MindSpore recompute (`Cell.recompute()`) on the first N of `task.layer_cells`; returns their paths.
+
+        A recomputed layer keeps only its input and output from forward to backward and runs its forward
+        again in the backward pass: less activation memory, about one more forward of those layers."""
+        from eve_ms.training.lora import sub_cell
+
+        cells = list(self.task.layer_cells)
+        count = recompute.layers(len(cells))
+        if recompute.recompute is not False and recompute.recompute != 0 and not cells:
+            raise TrainingError("recompute_config.recompute is set but the task names no decoder layers "
+                                "(TrainTask.layer_cells)")
+        for path in cells[:count]:
+            sub_cell(self.network, path).recompute()
+        return cells[:count]
+
+    def _set_optimizer_parallel(self, enabled: bool) -> None:
+        """MindSpore's optimizer parallel in data_parallel mode (set before the optimizer is built).
+
+        The optimizer (nn.AdamWeightDecay) then updates this rank's share of the weights and broadcasts them;
+        TrainConfig.validate refuses it off Ascend, where MindSpore raises."""
+        if not enabled or self.dist.world_size == 1:
+            return
+        import mindspore as ms
+
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, enable_parallel_optimizer=True,
+                                     device_num=self.dist.world_size)
 
     def _check_precision(self, dtype: str) -> str:
         from eve_ms.runtime import current_device_target
