@@ -50,14 +50,15 @@ class StageSpec:
     # ----------------------------------------------------------------- what trains
 
     def lora_applies(self, dense: Dense) -> bool:
-        if self.stage != 2 or dense.part != "llm" or self.lora_rank <= 0:
+        """Whether stage 2's LoRA wraps `dense` (MindFormers matches `target_modules` against child names)."""
+        if self.stage != 2 or dense.part not in ("llm", "lm_head") or self.lora_rank <= 0:
             return False
         name = dense.role.rsplit(".", 1)[-1]
         targets = self.lora_targets
-        if targets is None:
-            return True
+        if targets is None:  # the stages' default: every nn.Dense of the decoder layers, not lm_head
+            return dense.part == "llm"
         if isinstance(targets, str):
-            return re.search(targets, f"layers.{dense.layer}.{dense.role}") is not None
+            return re.match(targets, name) is not None
         return any(re.fullmatch(str(t), name) for t in targets)
 
     def dense_trains(self, dense: Dense) -> bool:
