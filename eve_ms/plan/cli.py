@@ -64,7 +64,8 @@ def format_plan(plan) -> str:
         f"global batch {d['global_batch']}; recompute {spec.recompute_layers} of {spec.model.llm.num_layers} decoder "
         f"layers; optimizer parallel {'on' if spec.optimizer_parallel else 'off'}"
         + ("; flash attention" if spec.fused_attention else ""),
-        f"parameters: total {p['total'] / 1e9:.3f}B (vision {p['vision'] / 1e6:.0f}M, adapter {p['adapter'] / 1e6:.1f}M, "
+        f"parameters: total {p['total'] / 1e9:.3f}B (vision {p['vision'] / 1e6:.0f}M, "
+        f"adapter {p['adapter'] / 1e6:.1f}M, "
         f"LLM {p['llm'] / 1e9:.3f}B, EVF extra {p['evf_extra'] / 1e6:.0f}M), activated {p['activated'] / 1e9:.3f}B, "
         f"trainable {p['trainable'] / 1e6:.1f}M",
         "memory per device:",

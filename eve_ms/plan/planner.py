@@ -111,7 +111,8 @@ def plan_stage(spec: StageSpec, device: DeviceSpec, num_devices: int, utilisatio
     notes = list(spec.notes)
     dtype = device.compute_dtype(spec.compute_dtype)
     if dtype != spec.compute_dtype:
-        notes.append(f"{device.key} has no {spec.compute_dtype}: planned in {dtype} (as the Eve release trained on V100)")
+        notes.append(f"{device.key} has no {spec.compute_dtype}: planned in {dtype} "
+                     "(as the Eve release trained on V100)")
     global_batch = spec.micro_batch * spec.grad_accum * num_devices
     if samples:
         steps = math.ceil(samples / global_batch)

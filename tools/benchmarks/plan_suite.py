@@ -5,7 +5,9 @@ processes), the planner's memory (every part but the device reserve; float32 on 
 measured peak resident memory of the steps above the process's baseline (imports and context, before
 the model is built): what the model, its optimizer and its steps add to the bare process. The planner
 knows nothing of CPU processes, so the baseline is left out of both sides; the whole-process ratio is
-printed beside it.
+printed beside it. The small preset's stage-3 step is also measured at twice the micro-batch: the
+difference cancels what does not depend on the batch (compiled graphs, runtime), leaving activations,
+logits and buffers against the planner's.
 
 FLOPs: the planner's forward + backward FLOPs of the stage-3 step against an independent count, the
 floor suite's list of the step's matrix products and attention cores (`floor_suite.stage3_products`,
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 from benchmarks.common import LORA, PRESETS, Report, eve_config
 
-SIZES = {"default": {"presets": ("tiny", "small"), "steps": 2}, "quick": {"presets": ("tiny",), "steps": 1}}
+SIZES = {"default": {"presets": ("tiny", "small"), "steps": 2, "doubled": "small"},
+         "quick": {"presets": ("tiny",), "steps": 1, "doubled": None}}
 MEMORY_TARGET = "0.8..1.25"
 
 
-def bench_spec(preset: str, stage: int):
+def bench_spec(preset: str, stage: int, batch_size: int | None = None):
     """The planner's `StageSpec` of the benchmark's step (benchmarks.ms_steps): float32, LoRA on every nn.Dense."""
     from eve_ms.plan.inventory import llm_denses
     from eve_ms.plan.stage import StageSpec
@@ -27,7 +30,7 @@ def bench_spec(preset: str, stage: int):
     config = eve_config(preset, evf=stage == 3)
     spec = PRESETS[preset]
     names = sorted({d.role.rsplit(".", 1)[-1] for d in llm_denses(config)})  # apply_lora(None): every nn.Dense
-    return StageSpec(stage=stage, model=config, micro_batch=spec["batch_size"], grad_accum=1,
+    return StageSpec(stage=stage, model=config, micro_batch=batch_size or spec["batch_size"], grad_accum=1,
                      seq_len=spec["seq_len"], compute_dtype="float32", lora_rank=LORA["lora_rank"],
                      lora_dropout=LORA["lora_dropout"], lora_targets=names)
 
@@ -56,7 +59,11 @@ def run(size: str, report: Report) -> None:
 
     spec = SIZES[size]
     configs = [(preset, stage) for preset in spec["presets"] for stage in (2, 3)]
-    measured = probe_many([dict(preset=p, stage=s, steps=spec["steps"]) for p, s in configs])
+    doubled = spec["doubled"]
+    probes = [dict(preset=p, stage=s, steps=spec["steps"]) for p, s in configs]
+    if doubled:  # the same step at twice the micro-batch: what the batch-dependent memory adds
+        probes.append(dict(preset=doubled, stage=3, steps=spec["steps"], batch_size=2 * PRESETS[doubled]["batch_size"]))
+    measured = probe_many(probes)
     for (preset, stage), result in zip(configs, measured):
         parts = memory_parts(bench_spec(preset, stage))
         predicted = parts["total"] - parts["framework_reserve"]
@@ -70,6 +77,15 @@ def run(size: str, report: Report) -> None:
         report.add(f"plan_memory_over_measured_whole_process[{tag}]",
                    (predicted + result["baseline_rss"]) / result["peak_step_rss"], "x",
                    note=f"process baseline {result['baseline_rss'] / 2**20:.0f} MiB on both sides")
+    if doubled:
+        batch = PRESETS[doubled]["batch_size"]
+        single = dict(zip(configs, measured))[(doubled, 3)]
+        planned = (memory_parts(bench_spec(doubled, 3, 2 * batch))["total"]
+                   - memory_parts(bench_spec(doubled, 3))["total"])
+        grown = measured[-1]["peak_step_rss"] - single["peak_step_rss"]
+        report.add(f"plan_batch_memory_over_measured[{doubled},stage3,{batch}->{2 * batch}]", planned / grown, "x",
+                   MEMORY_TARGET, note=f"planned {planned / 2**20:.0f} MiB more for {batch} more sequences, measured "
+                                       f"{grown / 2**20:.0f} MiB (the fixed graph and runtime overhead cancels)")
     for preset in spec["presets"]:
         planned, counted = planned_flops(preset, 3), independent_flops(preset)
         report.add(f"plan_flops_over_independent[{preset},stage3]", planned / counted, "x", "0.95..1.05",
