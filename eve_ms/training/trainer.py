@@ -321,7 +321,9 @@ class Trainer:
         """MindSpore recompute (`Cell.recompute()`) on the first N of `task.layer_cells`; returns their paths.
 
         A recomputed layer keeps only its input and output from forward to backward and runs its forward
-        again in the backward pass: less activation memory, about one more forward of those layers."""
+        again in the backward pass: less activation memory, about one more forward of those layers.
+        `use_reentrant=False` (PyNative only; graph mode ignores it): the reentrant form re-differentiates the
+        layer's forward and fails on the EVF layer's custom allocation kernel ("Custom's bprop not defined")."""
         from eve_ms.training.lora import sub_cell
 
         cells = list(self.task.layer_cells)
@@ -330,7 +332,7 @@ class Trainer:
             raise TrainingError("recompute_config.recompute is set but the task names no decoder layers "
                                 "(TrainTask.layer_cells)")
         for path in cells[:count]:
-            sub_cell(self.network, path).recompute()
+            sub_cell(self.network, path).recompute(use_reentrant=False)
         return cells[:count]
 
     def _set_optimizer_parallel(self, enabled: bool) -> None:

@@ -67,6 +67,65 @@ def test_recompute_marks_the_first_n_layers(tmp_path):
         Trainer(config, task, DistInfo(), log=lambda *a, **k: None)
 
 
+def test_recompute_of_eve_decoder_layers_keeps_the_stage3_losses(tmp_path):
+    """The tiny stage-3 Eve (EVF layers, custom allocation kernel) in PyNative: recompute changes nothing."""
+    import mindspore as ms
+    import numpy as np
+
+    from eve_ms.config import IGNORE_INDEX
+    from eve_ms.models.eve import EveForCausalLM
+    from eve_ms.models.evf_convert import freeze_for_stage3
+    from eve_ms.plan.stage import stage_spec
+    from eve_ms.training.config import load_train_config
+    from eve_ms.training.trainer import Trainer, TrainTask
+
+    eve = stage_spec(load_train_config(os.path.join(runs.REPO, "yaml_configs", "tiny", "stage3.yaml"))).model
+    rng = np.random.default_rng(0)
+    b, s, n_image = 4, 32, eve.num_image_tokens
+    ids = rng.integers(4, eve.llm.vocab_size, (b, s)).astype(np.int32)
+    ids[:, 1:1 + n_image] = eve.image_token_index
+    labels = ids.copy()
+    labels[:, :1 + n_image] = IGNORE_INDEX
+    batch = {"input_ids": ids, "attention_mask": np.ones((b, s), np.int32), "labels": labels,
+             "pixel_values": rng.standard_normal((b, 3, eve.vision.image_size, eve.vision.image_size)).astype(
+                 np.float32)}
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values")
+
+    class Batches:
+        def __iter__(self):
+            return iter([batch])
+
+        def __len__(self):
+            return 1
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    curves = {}
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    for recompute in (False, True):
+        ms.set_seed(0)
+        model = EveForCausalLM(eve)
+        for param in model.get_parameters():
+            param.requires_grad = False
+        freeze_for_stage3(model.llm)
+        config = train_config_from_dict({"stage": 3, "output_dir": str(tmp_path / str(recompute)),
+                                         "lr_schedule": {"learning_rate": 1e-3, "total_steps": 10},
+                                         "recompute_config": {"recompute": recompute}})
+        task = TrainTask(network=model, loader=Batches(), input_keys=keys,
+                         layer_cells=tuple(f"llm.model.layers.{i}" for i in range(eve.llm.num_layers)))
+        trainer = Trainer(config, task, log=lambda *a, **k: None)
+        assert len(trainer.recomputed) == (eve.llm.num_layers if recompute else 0)
+        model.set_train(True)
+        records = [trainer.train_step([batch]) for _ in range(3)]
+        curves[recompute] = [(r["loss"], r["grad_norm"]) for r in records]
+    assert len({loss for loss, _ in curves[False]}) == 3
+    np.testing.assert_allclose(curves[True], curves[False], rtol=0, atol=1e-6)
+
+
 def test_recompute_and_parallel_settings_are_checked_when_the_yaml_loads(monkeypatch):
     monkeypatch.delenv("EVE_DEVICE_TARGET", raising=False)
     with pytest.raises(ConfigError, match="recompute_config.recompute"):
