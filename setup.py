@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["eve_ms", "eve_ms.*"]),
-    package_data={"eve_ms": ["ops/kernels/*.cc", "ops/kernels/*.cu", "ops/kernels/*.h", "serve/static/*.html"]},
+    package_data={"eve_ms": ["ops/kernels/*.cc", "ops/kernels/*.cu", "ops/kernels/*.h", "serve/static/*.html", "plan/*.yaml"]},
     include_package_data=True,
     install_requires=[
         # The working pair on CPU and Ascend; mindformers brings numpy<2, transformers and tokenizers.

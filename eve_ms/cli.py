@@ -27,6 +27,7 @@ COMMANDS = {
     "serve": ("eve_ms.serve.command", "serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page"),
     "eval": ("eve_ms.eval.run", "evaluate a checkpoint on a benchmark"),
     "convert": ("eve_ms.convert.cli", "convert Hugging Face / PyTorch Eve checkpoints"),
+    "plan": ("eve_ms.plan.cli", "predict a run's memory and time per device from its yaml, and what makes it fit"),
 }
 
 

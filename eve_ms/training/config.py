@@ -23,6 +23,12 @@ Unknown keys are errors naming the key and the file.
       stop_step: 0                # > 0: stop after this step (the lr schedule still spans the run)
     parallel_config:
       data_parallel: null         # null: the launcher's world size; else must equal it
+    parallel:                     # MindFormers' `parallel` section (mindspore.set_auto_parallel_context)
+      enable_parallel_optimizer: false  # MindSpore's optimizer parallel in data_parallel mode (Ascend only):
+                                  # rank r updates its share of the weights and broadcasts them; the AdamW state
+                                  # is not divided (every rank allocates both moments of every weight)
+    recompute_config:             # MindFormers' section name
+      recompute: false            # true: every decoder layer (MindSpore Cell.recompute()); N: the first N layers
     optimizer:                    # AdamW (PyTorch's), see eve_ms.training.optim
       type: AdamW
       fused: true                 # MindSpore's fused AdamWeightDecay kernel; false: mindformers.core.optim.AdamW
@@ -149,6 +155,31 @@ class RunnerConfig:
 @dataclass
 class ParallelConfig:
     data_parallel: Optional[int] = None
+
+
+@dataclass
+class ParallelSettings:
+    """MindFormers' `parallel` section (the keys of mindspore.set_auto_parallel_context eve-ms uses)."""
+
+    enable_parallel_optimizer: bool = False
+
+
+@dataclass
+class RecomputeConfig:
+    """MindFormers' `recompute_config`: `recompute` true (every decoder layer), false, or N (the first N layers)."""
+
+    recompute: Union[bool, int] = False
+
+    def __post_init__(self):
+        if not isinstance(self.recompute, (bool, int)) or (not isinstance(self.recompute, bool) and self.recompute < 0):
+            raise ConfigError(f"recompute_config.recompute must be true, false or a layer count >= 0, "
+                              f"got {self.recompute!r}")
+
+    def layers(self, num_layers: int) -> int:
+        """How many decoder layers, of `num_layers`, are recomputed."""
+        if isinstance(self.recompute, bool):
+            return num_layers if self.recompute else 0
+        return min(int(self.recompute), num_layers)
 
 
 @dataclass
@@ -293,6 +324,8 @@ class TrainConfig:
     context: ContextConfig = field(default_factory=ContextConfig)
     runner_config: RunnerConfig = field(default_factory=RunnerConfig)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    recompute_config: RecomputeConfig = field(default_factory=RecomputeConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     runner_wrapper: WrapperConfig = field(default_factory=WrapperConfig)
@@ -314,9 +347,28 @@ class TrainConfig:
             raise ConfigError(f"run_mode must be train or finetune, got {self.run_mode!r} in {where}")
         if self.stage not in (0, 1, 2, 3):
             raise ConfigError(f"stage must be 0, 1, 2 or 3, got {self.stage!r} in {where}")
+        self._check_parallel_optimizer()
         if ":" not in self.task:
             raise ConfigError(f"task must be 'module:function' or 'file.py:function', got {self.task!r} in {where}")
         self._check_fused_ops()
+
+    def _check_parallel_optimizer(self) -> None:
+        """parallel.enable_parallel_optimizer needs the fused AdamW and the Ascend device target."""
+        if not self.parallel.enable_parallel_optimizer:
+            return
+        from eve_ms.runtime import resolve_device_target
+
+        device = resolve_device_target(self.context.device_target)
+        if not self.optimizer.fused:
+            raise ConfigError(f"parallel.enable_parallel_optimizer needs optimizer.fused: true (eve-ms's fused "
+                              f"AdamW takes part in MindSpore's optimizer parallel) in {self.source}")
+        if device != "Ascend":
+            # measured with MindSpore 2.9 on CPU under msrun (2 workers): nn.Optimizer raises
+            # RuntimeError 'parallel optimizer only supports "Ascend" in data parallel mode, but got CPU'
+            raise ConfigError(
+                f"parallel.enable_parallel_optimizer needs device target Ascend (this run's is {device}): "
+                f"MindSpore's optimizer parallel in data_parallel mode runs on Ascend only; in {self.source}"
+            )
 
     def _check_fused_ops(self) -> None:
         """llm.fused_ops: on needs the Ascend device target: say so now, before data or graph work."""

@@ -393,6 +393,7 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
         count_tokens=lambda batch: int(np.asarray(batch["attention_mask"]).sum()),
         stat_names=tuple(f"layer_{i}" for i in evf_layers),
         eval_cells=("model.vision_tower",),
+        layer_cells=tuple(f"model.llm.model.layers.{i}" for i in range(eve.llm.num_layers)),
         finish=_finish(eve, tokenizer, stage),
         metadata={"stage_name": STAGE_NAMES[stage]},
     )

@@ -104,6 +104,8 @@ class TrainTask:
     count_tokens: Optional[Callable[[dict], int]] = None
     stat_names: Sequence[str] = ()  # names of the routing_stats entries (EVF layers)
     eval_cells: Sequence[str] = ()  # sub-cells kept in eval mode while training (frozen BatchNorm)
+    # the decoder layers, first to last, that `recompute_config.recompute` recomputes (the first N of them)
+    layer_cells: Sequence[str] = ()
     # hook(trainer, step) after a step's gradients are all-reduced, before the update
     hooks: Sequence[Callable] = ()
     # finish(trainer) on every rank after the final weights are written (e.g. the files that make
@@ -276,6 +278,8 @@ class Trainer:
         self.params = [p for p in self.network.get_parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the network has no trainable parameter (every requires_grad is False)")
+        self.recomputed = self._apply_recompute(config.recompute_config)
+        self._set_optimizer_parallel(config.parallel.enable_parallel_optimizer)
         # which device trains in which dtype is checked when the yaml loads (WrapperConfig.check_device)
         self.compute_dtype = config.runner_wrapper.compute_dtype
         train_net = self.network
@@ -306,6 +310,36 @@ class Trainer:
         self._iterator = None
 
     # ----------------------------------------------------------------- set-up helpers
+
+    def _apply_recompute(self, recompute) -> list:
+        """MindSpore recompute (`Cell.recompute()`) on the first N of `task.layer_cells`; returns their paths.
+
+        A recomputed layer keeps only its input and output from forward to backward and runs its forward
+        again in the backward pass: less activation memory, about one more forward of those layers.
+        `use_reentrant=False` (PyNative only; graph mode ignores it): the reentrant form re-differentiates the
+        layer's forward and fails on the EVF layer's custom allocation kernel ("Custom's bprop not defined")."""
+        from eve_ms.training.lora import sub_cell
+
+        cells = list(self.task.layer_cells)
+        count = recompute.layers(len(cells))
+        if recompute.recompute is not False and recompute.recompute != 0 and not cells:
+            raise TrainingError("recompute_config.recompute is set but the task names no decoder layers "
+                                "(TrainTask.layer_cells)")
+        for path in cells[:count]:
+            sub_cell(self.network, path).recompute(use_reentrant=False)
+        return cells[:count]
+
+    def _set_optimizer_parallel(self, enabled: bool) -> None:
+        """MindSpore's optimizer parallel in data_parallel mode (set before the optimizer is built).
+
+        The optimizer (nn.AdamWeightDecay) then updates this rank's share of the weights and broadcasts them;
+        TrainConfig.validate refuses it off Ascend, where MindSpore raises."""
+        if not enabled or self.dist.world_size == 1:
+            return
+        import mindspore as ms
+
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, enable_parallel_optimizer=True,
+                                     device_num=self.dist.world_size)
 
     def _next_micro_batch(self) -> dict:
         if self._iterator is None:
