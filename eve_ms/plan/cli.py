@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-from eve_ms.config import ConfigError
 
 PART_LABELS = {
     "frozen_weights": "frozen weights", "trainable_weights": "trainable weights", "gradients": "gradients",
@@ -100,24 +98,20 @@ def run(args) -> int:
     from eve_ms.training.config import load_train_config
 
     plans = []
-    try:
-        device = get_device(args.device)
-        for path in args.configs:
-            config = load_train_config(path)
-            spec = stage_spec(config, args.seq_len)
-            spec.fused_attention = args.fused_attention
-            devices = args.devices or config.parallel_config.data_parallel or 1
-            samples = args.samples or _sample_count(config)
-            plan = plan_stage(spec, device, devices, args.utilisation or DEFAULT_UTILISATION, samples)
-            if devices != spec.data_parallel and spec.data_parallel is not None:
-                plan.notes.append(f"the yaml sets parallel_config.data_parallel: {spec.data_parallel}; "
-                                  f"planned on {devices} devices")
-            plans.append(plan)
-            print(format_plan(plan))
-            print()
-    except ConfigError as err:
-        print(f"eve-ms plan: error: {err}", file=sys.stderr)
-        return 1
+    device = get_device(args.device)
+    for path in args.configs:
+        config = load_train_config(path, device.device_target)
+        spec = stage_spec(config, args.seq_len)
+        spec.fused_attention = args.fused_attention
+        devices = args.devices or config.parallel_config.data_parallel or 1
+        samples = args.samples or _sample_count(config)
+        plan = plan_stage(spec, device, devices, args.utilisation or DEFAULT_UTILISATION, samples)
+        if devices != spec.data_parallel and spec.data_parallel is not None:
+            plan.notes.append(f"the yaml sets parallel_config.data_parallel: {spec.data_parallel}; "
+                              f"planned on {devices} devices")
+        plans.append(plan)
+        print(format_plan(plan))
+        print()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump([p.as_dict() for p in plans], fh, indent=2)

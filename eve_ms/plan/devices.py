@@ -24,6 +24,7 @@ class DeviceSpec:
     intra_node_gbps: float = 0.0
     inter_node_gbps: float = 0.0
     devices_per_node: int = 8
+    device_target: str = "Ascend"  # MindSpore's device target of a run on it (Ascend | GPU)
     source: str = ""
     verified: bool = False
 

@@ -405,13 +405,13 @@ def train_config_from_dict(data: dict, source: str = "<dict>", yaml_text: str = 
     return config
 
 
-def check_runnable(config: TrainConfig) -> None:
-    """What a config about to train here must also satisfy (a config stored in a checkpoint need not):
-    its compute dtype runs on this run's device, and the sections its task reads (model, data,
+def check_runnable(config: TrainConfig, device_target: Optional[str] = None) -> None:
+    """What a config about to train must also satisfy (a config stored in a checkpoint need not):
+    its compute dtype runs on the run's device (`device_target`, default the yaml's / this machine's), and the sections its task reads (model, data,
     task_options) are valid; the Eve stages' task checks them all, whatever the stage uses
     (`eve_ms.training.stages.check_config`), before any tokenizer, data or graph work."""
     try:
-        config.runner_wrapper.check_device(config.context.device)
+        config.runner_wrapper.check_device(device_target or config.context.device)
     except ConfigError as err:
         raise ConfigError(f"{config.source}: {err}") from None
     if config.task == DEFAULT_TASK:
@@ -420,8 +420,11 @@ def check_runnable(config: TrainConfig) -> None:
         check_config(config)
 
 
-def load_train_config(path: str | os.PathLike) -> TrainConfig:
-    """Load the run yaml at `path` (relative paths inside stay relative to the working directory)."""
+def load_train_config(path: str | os.PathLike, device_target: Optional[str] = None) -> TrainConfig:
+    """Load the run yaml at `path` (relative paths inside stay relative to the working directory).
+
+    `device_target`: the device the run is checked for when it is not this one (`eve-ms plan` sizes runs
+    for Ascend or GPU devices from any machine)."""
     path = os.fspath(path)
     raw = read_yaml(path)
     with open(path, encoding="utf-8") as fh:
@@ -430,5 +433,5 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     if isinstance(own, dict) and "base_config" in own:  # keep a self-contained text
         text = f"# {path} with its base_config resolved\n" + yaml.safe_dump(raw, sort_keys=False)
     config = train_config_from_dict(raw, path, text)
-    check_runnable(config)
+    check_runnable(config, device_target)
     return config

@@ -58,5 +58,5 @@ def test_paper_config_counts_the_papers_1_8b():
     assert round(counts["activated"] / 1e9, 1) == 1.8  # paper: Eve-1.8B
     assert round(counts["llm"] / 1e9, 2) == 1.50  # PanGu-pi-1.5B
     assert round(counts["vision"] / 1e6) == 304  # SigLIP-L/16-384
-    trainable = trainable_params(stage_spec(load_train_config(os.path.join(PAPER, "stage3.yaml"))))
+    trainable = trainable_params(stage_spec(load_train_config(os.path.join(PAPER, "stage3.yaml"), "Ascend")))
     assert trainable == counts["evf_extra"]  # stage 3 trains the vision FFNs and routers, nothing else

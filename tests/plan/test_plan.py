@@ -23,7 +23,7 @@ PARTS = ("frozen_weights", "trainable_weights", "gradients", "optimizer_state", 
 
 
 def _spec(stage, root=PAPER, **changes):
-    spec = stage_spec(load_train_config(os.path.join(root, f"stage{stage}.yaml")))
+    spec = stage_spec(load_train_config(os.path.join(root, f"stage{stage}.yaml"), "Ascend"))
     return spec.with_changes(**changes) if changes else spec
 
 
@@ -120,9 +120,10 @@ def test_cli_prints_every_part_and_writes_json(tmp_path, capsys):
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
-    assert main(["plan", os.path.join(PAPER, "stage1.yaml"), "--device", "TPU"]) == 1
+    assert main(["plan", os.path.join(PAPER, "stage1.yaml"), "--device", "TPU"]) == 2  # config errors: usage status
     assert "unknown device 'TPU'" in capsys.readouterr().err
     bad = tmp_path / "resnet.yaml"
-    bad.write_text(yaml.safe_dump({"stage": 1, "model": {"vision": {"backbone": "resnet"}}}))
-    assert main(["plan", str(bad)]) == 1
+    bad.write_text(yaml.safe_dump({"base_config": os.path.join(TINY, "stage1.yaml"),
+                                   "model": {"model_config": {"vision": {"backbone": "resnet"}}}}))
+    assert main(["plan", str(bad)]) == 2
     assert "vision.backbone 'resnet'" in capsys.readouterr().err
