@@ -62,7 +62,8 @@ class PrefillStep(nn.Cell):
         embeds, is_image = self.model.embed_inputs(input_ids, pixel_values)
         noise = routing_noise if self.has_evf else None
         logits, _, _ = self.model.llm.forward_step(
-            embeds, attention_mask, ops.zeros((), ms.int32), self.cache.keys, self.cache.values, is_image, noise
+            embeds, attention_mask, ops.zeros((), ms.int32), self.cache.keys, self.cache.values, is_image, noise,
+            last_only=True
         )
         last = logits[:, -1].astype(ms.float32)
         return greedy_token(last), last

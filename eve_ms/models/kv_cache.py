@@ -73,7 +73,8 @@ class CachedLMStep(nn.Cell):
 
     def construct(self, input_ids, attention_mask, cache_position):
         logits, _, _ = self.llm.forward_step(
-            self.llm.embed(input_ids), attention_mask, cache_position, self.cache.keys, self.cache.values
+            self.llm.embed(input_ids), attention_mask, cache_position, self.cache.keys, self.cache.values,
+            last_only=True
         )
         last = logits[:, -1].astype(ms.float32)
         return greedy_token(last), last

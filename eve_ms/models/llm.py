@@ -535,7 +535,7 @@ class LLM(nn.Cell):
         return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
 
     def forward_step(self, inputs_embeds, attention_mask, cache_position, key_cache, value_cache,
-                     is_image=None, routing_noise=None):
+                     is_image=None, routing_noise=None, last_only=False):
         """Run S new tokens against the cache: a prefill (S = prompt length) or a decode step (S = 1).
 
         inputs_embeds [B, S, H] go to cache slots cache_position .. cache_position + S - 1
@@ -547,7 +547,9 @@ class LLM(nn.Cell):
         The caches are stacked [L, B, n_kv, M, D] tensors (`init_cache`), or per-layer tuples of
         Parameters (`eve_ms.models.kv_cache.KVCache`), written in place.
 
-        Returns (logits [B, S, V], key_cache, value_cache) with the new keys and values written.
+        Returns (logits [B, S, V], key_cache, value_cache) with the new keys and values written;
+        with `last_only` (a Python bool) the logits of the last position only, [B, 1, V]: a
+        prefill that only needs the next token skips the LM head on the other S - 1 positions.
         """
         b, s, _ = inputs_embeds.shape
         m = attention_mask.shape[1]
@@ -564,6 +566,8 @@ class LLM(nn.Cell):
             inputs_embeds, position_ids, _mask_bias(allowed), is_image, valid, routing_noise, key_cache, value_cache,
             start
         )
+        if last_only:
+            hidden = hidden[:, -1:]
         return self._logits(hidden), key_cache, value_cache
 
 

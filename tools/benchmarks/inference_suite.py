@@ -230,6 +230,7 @@ def _eval_questions_per_second(spec, report) -> None:
             tokenizer = train_bpe_tokenizer(EVAL_CORPUS * 4, vocab_size=300, save_dir=os.path.join(root, "tok"))
             config = eve_config("tiny", evf=True)
             config.llm.vocab_size = len(tokenizer)
+            config.llm.max_position_embeddings = 512  # room for the v1 template's system prompt and the image
             ms.set_seed(0)
             model = EveForCausalLM(config)
             checkpoint = os.path.join(root, "checkpoint")
