@@ -104,7 +104,7 @@ def _hf_llama(llm, folder: str):
     from eve_ms.convert.eve_to_hf import export_hf_llm
 
     export_hf_llm(llm, folder)
-    return AutoModelForCausalLM.from_pretrained(folder, torch_dtype="float32").eval()
+    return AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
 
 
 def _generation(spec, report, config, dense, stage3, prompt, mask) -> None:
