@@ -3,9 +3,10 @@
     python tools/benchmarks/profile_decode.py [--preset small] [--batch 4] [--prompt 64] [--new 32] [--top 20]
 
 Builds the preset's dense LLM (graph mode), prefills a random prompt of `--batch` x `--prompt`
-tokens into a cache of prompt + new slots, then times decode steps of the generation path
-(`eve_ms.models.llm.greedy_generate`'s step cell): the whole host loop iteration, the graph call
-alone, and, under `mindspore.profiler.Profiler`, the CPU kernels' own time summed per op type. The
+tokens into a cache of prompt + new slots, then times decode steps of the functional step
+`LLMDecodeStep` (caches handed in and returned, the path generation took before
+`eve_ms.models.kv_cache`; the README's "before" profile): the whole host loop iteration, the graph
+call alone, and, under `mindspore.profiler.Profiler`, the CPU kernels' own time summed per op type. The
 difference between the graph call and its kernels is framework work (launch, input/output
 handling); the difference between the loop and the call is host work.
 """
