@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["eve_ms", "eve_ms.*"]),
-    package_data={"eve_ms": ["ops/kernels/*.cc", "ops/kernels/*.cu", "ops/kernels/*.h"]},
+    package_data={"eve_ms": ["ops/kernels/*.cc", "ops/kernels/*.cu", "ops/kernels/*.h", "serve/static/*.html", "plan/*.yaml"]},
     include_package_data=True,
     install_requires=[
         # The working pair on CPU and Ascend; mindformers brings numpy<2, transformers and tokenizers.
@@ -25,12 +25,17 @@ setup(
         "matplotlib",
         # XSum's ROUGE: the package OpenCompass's RougeEvaluator scores with
         "rouge-score==0.1.2",
+        # `eve-ms serve`: the ASGI framework and server
+        "fastapi==0.142.2",
+        "uvicorn==0.54.0",
     ],
     extras_require={
         # torch is a reference implementation for parity tests and benchmarks only; tensorboard's event reader
         # checks the event files a training run writes. Test tools are pinned exactly (and everything else in
         # constraints.txt) so a new release cannot turn CI red.
-        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "torch==2.13.0", "tensorboard==2.21.0"],
+        # openai (the official client) and selenium (driving Debian's chromium) test `eve-ms serve`.
+        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "torch==2.13.0", "tensorboard==2.21.0", "openai==2.54.0",
+                 "selenium==4.50.0"],
     },
     entry_points={"console_scripts": ["eve-ms=eve_ms.cli:main"]},
 )

@@ -42,6 +42,24 @@ def read_eve_config(directory: str) -> EveConfig:
     return load_eve_config(path)
 
 
+MERGED_DIR = "merged"  # where stage 2 writes its LoRA-merged model
+
+
+def check_not_lora(directory: str) -> None:
+    """A ConfigError saying which folder to use when `directory` holds unmerged LoRA weights (stage 2's output)."""
+    from eve_ms.training.checkpoint import read_header
+
+    names, _, _ = read_header(os.path.join(directory, WEIGHTS_FILE))
+    if not any("mindpet_delta_lora_" in name for name in names):
+        return
+    merged = os.path.join(directory, MERGED_DIR)
+    if os.path.isfile(os.path.join(merged, WEIGHTS_FILE)):
+        raise ConfigError(f"{directory} holds stage 2's unmerged LoRA weights; use {merged}{os.sep} "
+                          "(the LoRA-merged model) instead")
+    raise ConfigError(f"{directory} holds unmerged LoRA weights and has no {MERGED_DIR}{os.sep} folder (stage 2 "
+                      "writes it when it finishes): give the LoRA-merged checkpoint instead")
+
+
 def load_eve_checkpoint(directory: str, *, evf_mode: str | None = None, load_tokenizer: bool = True):
     """(model, config, tokenizer or None) from a checkpoint directory; missing/mismatched tensors are named."""
     from eve_ms.models.eve import EveForCausalLM
@@ -51,6 +69,7 @@ def load_eve_checkpoint(directory: str, *, evf_mode: str | None = None, load_tok
     weights = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.exists(weights):
         raise ConfigError(f"{directory}: {WEIGHTS_FILE} is missing")
+    check_not_lora(directory)
     model = EveForCausalLM(config)
     load_weights(model, weights, strict=True)
     if evf_mode is not None:

@@ -16,13 +16,15 @@ from typing import Any, ClassVar, Optional, Union
 
 import yaml
 
+from eve_ms.errors import UsageError
+
 IMAGE_TOKEN_INDEX = -200  # placeholder id of one image token in input_ids (LLaVA's convention)
 IGNORE_INDEX = -100  # label of positions that do not count in the LM loss
 
 MISSING = dataclasses.MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file or dict that does not describe a valid model."""
 
 
@@ -129,6 +131,9 @@ class VisionConfig:
         return self.hidden_size
 
 
+ADAPTER_TYPES = ("ldp", "ldpv2", "mlp2x_gelu")
+
+
 @dataclass
 class AdapterConfig:
     """Vision adapter (projector) from encoder features to LLM width."""
@@ -137,6 +142,12 @@ class AdapterConfig:
     layer_norm_eps: float = 1e-5  # LDP's LayerNorms (MobileVLM uses timm's LayerNorm2d default, 1e-5)
     # ldpv2 only: side of the average-pooled grid; None = ceil(grid / 2) (12 for a 24x24 grid)
     pool_grid: Optional[int] = None
+
+    def __post_init__(self):
+        if self.type not in ADAPTER_TYPES:
+            raise ConfigError(f"unknown adapter type {self.type!r} (expected {', '.join(ADAPTER_TYPES)})")
+        if self.pool_grid is not None and self.pool_grid < 1:
+            raise ConfigError(f"adapter.pool_grid must be at least 1, got {self.pool_grid}")
 
     def num_output_tokens(self, vision: VisionConfig) -> int:
         return self.output_grid(vision.grid_size) ** 2
@@ -153,7 +164,16 @@ class AdapterConfig:
 
 
 FFN_KINDS = ("swiglu", "series")
+FUSED_OPS_CHOICES = ("auto", "on", "off")  # llm.fused_ops (eve_ms/ops/fused.py)
 ATTN_SHORTCUT_ACTIVATIONS = ("fast_gelu",)
+# Hugging Face rope_scaling types and the keys each needs
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+ROPE_REQUIRED_KEYS = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
 @dataclass
@@ -213,8 +233,17 @@ class LLMConfig:
     # tiny LLM trained from scratch whose inputs include image tokens of unit RMS (the LDP ends in a
     # LayerNorm) learns to read them much sooner when its word vectors are of a comparable size.
     embedding_init_std: float = 0.02
+    # MindSpore's fused Ascend operators (flash attention, RMSNorm, rotary, SwiGLU; eve_ms/ops/fused.py):
+    # auto = on Ascend, composed ops elsewhere | on = required (an error off Ascend) | off = composed everywhere
+    fused_ops: str = "auto"
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigErrors name the `llm` key at fault (also for a config changed after it was built)."""
+        if self.fused_ops not in FUSED_OPS_CHOICES:
+            raise ConfigError(f"llm.fused_ops must be one of {FUSED_OPS_CHOICES}, got {self.fused_ops!r}")
         for key in ("ffn_below_split", "ffn_from_split"):
             if getattr(self, key) not in FFN_KINDS:
                 raise ConfigError(f"llm.{key} must be one of {FFN_KINDS}, got {getattr(self, key)!r}")
@@ -224,6 +253,27 @@ class LLMConfig:
             raise ConfigError(f"llm.attn_shortcut_act must be one of {ATTN_SHORTCUT_ACTIVATIONS}, "
                               f"got {self.attn_shortcut_act!r}")
         self.split_index  # noqa: B018 (raises ConfigError when it cannot be resolved)
+        if self.num_heads < 1 or self.num_heads % self.kv_heads:
+            raise ConfigError(f"llm.num_heads={self.num_heads} is not a multiple of llm.num_kv_heads={self.kv_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"llm.hidden_size={self.hidden_size} is not divisible by llm.num_heads={self.num_heads}; set llm.head_dim"
+            )
+        if self.dim_per_head % 2:
+            raise ConfigError(f"llm.head_dim={self.dim_per_head} must be even for rotary embeddings")
+        self.rope_type  # noqa: B018 (raises ConfigError on an unsupported or incomplete rope_scaling)
+
+    @property
+    def rope_type(self) -> str:
+        """The rope_scaling type (default: none); a ConfigError when unsupported or missing a key it needs."""
+        scaling = self.rope_scaling or {}
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise ConfigError(f"unsupported llm.rope_scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+        missing = [key for key in ROPE_REQUIRED_KEYS.get(rope_type, ()) if scaling.get(key) is None]
+        if missing:
+            raise ConfigError(f"llm.rope_scaling of type {rope_type!r} needs key(s) {missing}, got {scaling}")
+        return rope_type
 
     @property
     def is_uniform(self) -> bool:
@@ -263,9 +313,19 @@ class LLMConfig:
         return self.head_dim or self.hidden_size // self.num_heads
 
 
+EVF_LAYER_SETS = ("alternate", "all", "first_half", "second_half")
+EVF_MODES = ("multimodal", "language_only", "moe")
+EVF_COMBINES = ("unit", "prob")
+EVF_KERNELS = ("auto", "composed", "custom")
+
+
 @dataclass
 class EVFConfig:
-    """Elastic vision FFN layers (stage 3), DESIGN section 3."""
+    """Elastic vision FFN layers (stage 3), DESIGN section 3.
+
+    Every key is checked when the config is built, enabled or not, so a stage that does not use
+    EVF still refuses a bad `evf` section (which it would hand down to stage 3).
+    """
 
     enabled: bool = False
     # alternate (even layers) | all | first_half | second_half | explicit list of layer indices
@@ -284,10 +344,39 @@ class EVFConfig:
     # Allocation implementation: auto (by device target) | composed (MindSpore ops) | custom (native kernel)
     kernel: str = "auto"
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigErrors name the `evf` key at fault (also for a config changed after it was built)."""
+        import math
+
+        from eve_ms.ops.token_allocation import STRATEGIES
+
+        for key, allowed in (("mode", EVF_MODES), ("strategy", STRATEGIES), ("combine", EVF_COMBINES),
+                             ("kernel", EVF_KERNELS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"evf.{key} must be one of {tuple(allowed)}, got {getattr(self, key)!r}")
+        if isinstance(self.layers, str) and self.layers not in EVF_LAYER_SETS:
+            raise ConfigError(f"evf.layers must be one of {list(EVF_LAYER_SETS)} or a list of ints, got {self.layers!r}")
+        for key in ("capacity_factor", "eval_capacity_factor"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"evf.{key} must be > 0, got {getattr(self, key)}")
+        if self.min_capacity < 0:
+            raise ConfigError(f"evf.min_capacity must be >= 0, got {self.min_capacity}")
+        if not math.isfinite(self.beta):
+            raise ConfigError(f"evf.beta must be finite, got {self.beta}")
+        if not 0.0 <= self.redistribute_ratio <= 1.0:
+            raise ConfigError(f"evf.redistribute_ratio must be in [0, 1], got {self.redistribute_ratio}")
+        if not self.aux_loss_alpha >= 0:
+            raise ConfigError(f"evf.aux_loss_alpha must be >= 0, got {self.aux_loss_alpha}")
+
     def layer_indices(self, num_layers: int) -> list[int]:
         """Indices of the LLM layers whose FFN is an EVF layer."""
-        if not self.enabled:
-            return []
+        return self.layer_spec_indices(num_layers) if self.enabled else []
+
+    def layer_spec_indices(self, num_layers: int) -> list[int]:
+        """The layers `layers` names in an LLM of `num_layers` layers, whether EVF is enabled or not."""
         spec = self.layers
         if isinstance(spec, (list, tuple)):
             bad = [i for i in spec if not isinstance(i, int) or not 0 <= i < num_layers]
@@ -314,6 +403,13 @@ class EveConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     evf: EVFConfig = field(default_factory=EVFConfig)
     image_token_index: int = IMAGE_TOKEN_INDEX
+
+    def __post_init__(self):
+        self.evf.layer_spec_indices(self.llm.num_layers)  # list entries within the LLM's layers
+        if self.adapter.type == "ldpv2" and self.adapter.pool_grid is not None \
+                and self.adapter.pool_grid > self.vision.grid_size:
+            raise ConfigError(f"adapter.pool_grid={self.adapter.pool_grid} must be in 1..{self.vision.grid_size} "
+                              "(the encoder's grid)")
 
     @property
     def num_image_tokens(self) -> int:

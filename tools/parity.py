@@ -14,6 +14,11 @@ installed are skipped with a message. The table lists case, backend, max error, 
 PASS / FAIL / SKIP; the exit status is 1 when any row fails, 2 for bad usage, 3 when the device
 is not there (GPU: no CUDA device visible to PyTorch).
 
+With `--device_target Ascend` the fused-operator cases of tools/fused_parity.py run too: each of
+MindSpore's fused Ascend operators that `llm.fused_ops` selects (flash attention and its gradient,
+RMSNorm, rotary, SwiGLU; FastGeLU; a whole LLM), in bfloat16, against the composed path in float32, with the
+bfloat16 tolerances stated there. They are not registered for other targets (those have no such ops).
+
 Registries, so cases and backends plug in without editing this file:
 - `register_case(case)`: any object with `name`, `requires` (module names) and
   `run(device_target) -> iterable of (backend, max_error, tolerance[, detail])`.
@@ -321,6 +326,21 @@ def _load_model_cases() -> list[Row]:
     return []
 
 
+def _load_fused_cases() -> list[Row]:
+    """Register the fused-operator cases (Ascend); a row saying why when they cannot be loaded."""
+    try:
+        spec = importlib.util.spec_from_file_location("eve_fused_parity", Path(__file__).with_name("fused_parity.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
+        spec.loader.exec_module(module)
+        for case in module.fused_parity_cases():
+            if all(existing.name != case.name for existing in CASES):
+                register_case(case)
+    except Exception as err:  # an unloadable module is a failure to report, not a silent absence
+        return [Row("fused-ops", "-", None, None, "FAIL", f"tools/fused_parity.py: {type(err).__name__}: {err}")]
+    return []
+
+
 def _run_case(case, device_target: str, backends: list[str]) -> list[Row]:
     missing = _missing_requirements(case)
     if missing:
@@ -391,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             register_case(case)
     if not args.no_model_cases:
         rows += _load_model_cases()
+        if args.device_target == "Ascend":
+            rows += _load_fused_cases()
     selected = [c for c in CASES if not args.cases or re.search(args.cases, c.name)]
     if args.list:
         print("\n".join(c.name for c in selected))

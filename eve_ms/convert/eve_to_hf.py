@@ -148,7 +148,41 @@ def export_hf_llm(llm, out: str, tokenizer=None) -> str:
     save_safetensors(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+        add_bos_as_training(out)
     return out
+
+
+def add_bos_as_training(folder: str) -> None:
+    """Make the saved tokenizer start every encoding with its bos token, as eve-ms training and inference do.
+
+    eve-ms puts <s> in front of every sequence itself (data.add_bos) and tokenizes text without special
+    tokens; a Hugging Face user calls `tokenizer(text)`, which adds what the tokenizer's post-processor
+    says. A tokenizer that already adds bos keeps its post-processor. Special-token strings inside a text
+    are tokenized as text, as eve-ms does (`split_special_tokens`).
+    """
+    from tokenizers import Tokenizer, processors
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    path = os.path.join(folder, "tokenizer.json")
+    if bos is None or bos_id is None or not os.path.isfile(path):
+        return
+    if tokenizer("a")["input_ids"][:1] != [bos_id]:
+        backend = Tokenizer.from_file(path)
+        template = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                                 special_tokens=[(bos, bos_id)])
+        existing = backend.post_processor
+        backend.post_processor = template if existing is None else processors.Sequence([existing, template])
+        backend.save(path)
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    if os.path.isfile(config_path):  # Llama-style tokenizer classes rebuild the post-processor from this flag
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        config["add_bos_token"] = True
+        config["split_special_tokens"] = True  # "<s>" written in a text stays text, as eve-ms tokenizes it
+        with open(config_path, "w", encoding="utf-8") as fh:
+            json.dump(config, fh, indent=2)
 
 
 def convert_eve_to_hf_llm(src: str, out: str) -> str:

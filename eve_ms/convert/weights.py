@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import ml_dtypes  # registers numpy's "bfloat16", the dtype safetensors' numpy API returns BF16 tensors in
 import numpy as np
+from eve_ms.errors import EveError
 
 _TORCH_STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -25,7 +26,7 @@ _TORCH_STORAGE_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EveError, ValueError):
     """A checkpoint that cannot be read or does not match what is expected."""
 
 
@@ -150,4 +151,11 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[s
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; a model folder is for others to read
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from eve_ms.data.images import ImageProcessor
 from eve_ms.data.readers import iter_raw_records, sample_id
-from eve_ms.data.report import BadSampleError, MalformedJSONError, SkipReport
+from eve_ms.data.report import BadSampleError, DataError, MalformedJSONError, SkipReport
 from eve_ms.data.samples import SampleEncoder, parse_record
 from eve_ms.data.templates import get_template
 
@@ -30,10 +31,15 @@ class CheckResult:
     report: SkipReport = field(default_factory=lambda: SkipReport(max_ids=10))
     problems: list = field(default_factory=list)  # one message per unusable record
     fatal: Optional[str] = None  # malformed JSON list: nothing after it could be read
+    first_problem: Optional[str] = None  # the message of the first unusable record (kept without keep_details)
+
+    @property
+    def num_usable(self) -> int:
+        return self.num_records - self.report.num_skipped
 
     @property
     def ok(self) -> bool:
-        return self.fatal is None and self.report.num_skipped == 0
+        return self.fatal is None and self.report.num_skipped == 0 and self.num_usable > 0
 
     def format(self, verbose: bool = False) -> str:
         lines = [
@@ -45,6 +51,10 @@ class CheckResult:
             lines.append(f"token lengths: longest {max(self.lengths)}, mean {mean:.1f}")
         if self.fatal:
             lines.append(f"FATAL: {self.fatal}")
+        elif not self.num_records:
+            lines.append(f"FATAL: {self.path} holds no record (an empty file or an empty list): nothing to train on")
+        elif not self.num_usable:
+            lines.append(f"FATAL: none of the {self.num_records} records of {self.path} is usable")
         lines.append(self.report.format("problems"))
         if verbose:
             lines += [f"  {p}" for p in self.problems]
@@ -137,11 +147,12 @@ def check_dataset(
             for item in iter_raw_records(path):
                 if isinstance(item, MalformedJSONError):
                     result.num_records += 1
-                    result.report.add("malformed_json", f"line {item.line}")
+                    result.report.add(item.reason, f"line {item.line}")
                     result.problems.append(str(item))
+                    result.first_problem = result.first_problem or str(item)
                 else:
                     yield item
-        except (MalformedJSONError, FileNotFoundError) as err:  # nothing after this point can be read
+        except DataError as err:  # malformed or non-UTF-8 JSON list, missing file: nothing after it can be read
             result.fatal = str(err)
 
     _init_worker(encoder, decode_images)
@@ -159,6 +170,7 @@ def check_dataset(
                     result.lengths.append(length)
                 if problem:
                     result.report.add(problem[0], name)
+                    result.first_problem = result.first_problem or f"{path}: {problem[1]}"
                     if keep_details:
                         result.problems.append(problem[1])
                 else:
@@ -190,18 +202,20 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """Errors about the arguments (exit 2) and a data file that cannot be read at all (exit 1) reach the CLI's
+    handler as one line; otherwise the report goes to stdout and a failed verdict adds one line on stderr."""
+    from eve_ms.data.report import MissingDataError
     from eve_ms.data.tokenizer import load_tokenizer
+    from eve_ms.errors import UsageError
 
-    tokenizer = None
-    try:
-        template = get_template(args.template)
-        if args.tokenizer:
-            if args.num_image_tokens is None:
-                raise ValueError("--num-image-tokens is needed with --tokenizer (e.g. 144 for LDP on a 24x24 grid)")
-            tokenizer = load_tokenizer(args.tokenizer)
-    except ValueError as err:  # DataError is a ValueError too
-        print(f"error: {err}")
-        return 2
+    template = get_template(args.template)
+    if args.tokenizer and args.num_image_tokens is None:
+        raise UsageError("--num-image-tokens is needed with --tokenizer (e.g. 144 for LDP on a 24x24 grid)")
+    if not os.path.isfile(args.data_path):
+        raise MissingDataError(f"data file not found: {args.data_path}")
+    if args.image_folder and not os.path.isdir(args.image_folder):
+        raise MissingDataError(f"image folder not found: {args.image_folder} (--image-folder)")
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     # Only decoding is checked here, so the processor's size and statistics do not matter.
     opener = ImageProcessor(image_size=1, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
     encoder = SampleEncoder(
@@ -214,4 +228,14 @@ def run(args) -> int:
     )
     result = check_dataset(args.data_path, encoder, not args.no_decode, args.workers, args.max_ids, args.verbose)
     print(result.format(verbose=args.verbose))
-    return 0 if result.ok else 1
+    if result.ok:
+        return 0
+    if result.fatal:
+        reason = result.fatal
+    elif not result.num_records:
+        reason = f"{args.data_path} holds no record"
+    else:
+        reason = (f"{result.report.num_skipped} of {result.num_records} records would be skipped in training "
+                  f"(listed above); the first: {result.first_problem}")
+    print(f"eve-ms data check: error: {reason}", file=sys.stderr)
+    return 1

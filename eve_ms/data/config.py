@@ -60,6 +60,16 @@ class DataConfig:
         if bad:
             raise ConfigError(f"data.length_buckets must be ints in 1..max_length={self.max_length}, got {bad}")
 
+    def check_data_path(self) -> None:
+        """A MissingDataError naming `data.data_path` when it is not a file (the loader checks the image folder)."""
+        import os
+
+        from eve_ms.data.report import MissingDataError
+
+        if not os.path.isfile(self.data_path):
+            what = "is a folder, not a file" if os.path.isdir(self.data_path) else "not found"
+            raise MissingDataError(f"data.data_path {what}: {self.data_path}")
+
     @property
     def buckets(self) -> list[int]:
         """Sequence lengths a batch may have, ascending; the last is max_length."""

@@ -9,8 +9,11 @@ A batch is a dict of numpy arrays:
 L is the smallest length bucket (DataConfig.buckets, max_length last) the batch's longest sample fits.
 
 Bad samples: with `skip_bad_samples`, a bad record's slot is filled with the next good record of
-the same modality (so shapes and modality grouping hold) and counted; the report is printed at
-the end of every epoch. Without it, the first bad record raises `BadSampleError` naming file and id.
+the same modality (so shapes and modality grouping hold) and counted; the report is printed as
+soon as an epoch's last batch is built (`take_reports()` hands it to the trainer's log) and, for
+an epoch a run leaves unfinished, by `finish_report()`. Without it, the first bad record raises a
+`DataError` naming file, line and id. An error in a decoding worker process reaches the main
+process with its own message (`_worker_error` / `_reraise_worker_error`).
 
 Data position: `state_dict()` = {"epoch", "samples_seen", ...}, where samples_seen counts the
 samples of the epoch's global order handed out on all ranks together (micro-batches handed out
@@ -28,6 +31,8 @@ resume in mid-epoch it covers the batches from there on and says so. Typical loo
 """
 from __future__ import annotations
 
+import os
+import re
 import time
 from typing import Callable, Iterator, Optional
 
@@ -37,11 +42,13 @@ from eve_ms.config import IGNORE_INDEX
 from eve_ms.data.config import DataConfig
 from eve_ms.data.images import ImageProcessor
 from eve_ms.data.readers import RecordIndex, RecordReader, cached_index, sample_id
-from eve_ms.data.report import BadSampleError, BatchEvents, DataError, SkipReport
+from eve_ms.data.report import BadSampleError, BatchEvents, DataError, MissingDataError, SkipReport
 from eve_ms.data.sampler import BatchPlan
 from eve_ms.data.samples import EncodedSample, SampleEncoder
 from eve_ms.data.templates import get_template
 
+NO_SKIP_HINT = ("data.skip_bad_samples is false: fix the sample, or set it to true to skip bad samples and count "
+                "them in the data report")
 BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "has_image")
 REPORT_KEYS = ("report_counts", "report_records")  # BatchEvents, travel with the batch from workers
 
@@ -77,7 +84,7 @@ class BatchBuilder:
             return record, self.sample(record)
         except BadSampleError as err:
             if not self.config.skip_bad_samples:
-                raise
+                raise err.with_hint(NO_SKIP_HINT)
             events.add(err.reason, record)
         for other in self.plan.replacements(record):
             try:
@@ -86,7 +93,13 @@ class BatchBuilder:
                 continue  # counted where `other` itself is scheduled
             events.add("replaced", record)
             return other, sample
-        raise DataError(f"{self.index.path}: no usable sample of the same modality as record {record} is left")
+        modality = "with an image" if self.index.has_image[record] else "text-only"
+        seen: dict = {}
+        for reason in self.known_bad.values():
+            seen[reason] = seen.get(reason, 0) + 1
+        reasons = ", ".join(f"{reason} x{n}" for reason, n in sorted(seen.items()))
+        raise DataError(f"{self.index.path}: no usable sample {modality} is left to fill a batch; the bad ones so far: "
+                        f"{reasons} (run `eve-ms data check` on the file for every problem)")
 
     def __call__(self, records: np.ndarray) -> dict:
         events = BatchEvents(self.config.max_reported_ids)
@@ -135,9 +148,34 @@ class _BatchSource:
     def __getitem__(self, i: int) -> tuple:
         try:
             batch = self.builder(self.batches[i])
-        except DataError as err:  # MindSpore re-raises a worker's exception as type(err)(message)
-            raise DataError(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - every error travels to the main process, message intact
+            raise DataError(_worker_error(err)) from None
         return tuple(batch[k] for k in BATCH_KEYS + REPORT_KEYS)
+
+
+# MindSpore re-raises a worker's exception in the main process as a RuntimeError whose message is the
+# worker's whole traceback (and, on the way, as type(err)(message), which fails for most types): the
+# worker wraps the error's kind and message between markers and the main process takes them back out.
+_WORKER_ERROR = re.compile(r"<<eve-ms (\w+)>>(.*?)<</eve-ms>>", re.S)
+
+
+def _worker_error(err: Exception) -> str:
+    kind = "missing" if isinstance(err, MissingDataError) else "data" if isinstance(err, DataError) else "other"
+    message = str(err) if kind != "other" else f"{type(err).__name__}: {err}"
+    return f"<<eve-ms {kind}>>{message}<</eve-ms>>"
+
+
+def _reraise_worker_error(err: Exception) -> None:
+    """Raise the error a decoding worker met, as the error type and message it had; return if `err` is not one."""
+    match = _WORKER_ERROR.search(str(err))
+    if match is None:
+        return
+    kind, message = match.groups()
+    if kind == "missing":
+        raise MissingDataError(message) from None
+    if kind == "data":
+        raise DataError(message) from None
+    raise RuntimeError(f"a data worker failed: {message}") from None
 
 
 class LlavaLoader:
@@ -169,10 +207,22 @@ class LlavaLoader:
             image_folder=config.image_folder,
             add_bos=config.add_bos,
         )
-        self.index = cached_index(config.data_path, encoder.validate, config.skip_bad_samples, config.max_reported_ids,
-                                  config.index_cache_dir, key=f"template={config.template}")
+        try:
+            self.index = cached_index(config.data_path, encoder.validate, config.skip_bad_samples,
+                                      config.max_reported_ids, config.index_cache_dir,
+                                      key=f"template={config.template}")
+        except BadSampleError as err:
+            raise err.with_hint(NO_SKIP_HINT)
         if not len(self.index):
+            if not self.index.report:
+                raise DataError(f"{config.data_path} holds no record (an empty file or an empty list): "
+                                "no usable samples to train on")
             raise DataError(f"{config.data_path}: no usable samples\n{self.index.report.format('index')}")
+        if self.index.has_image.any() and config.image_folder and not os.path.isdir(config.image_folder):
+            raise MissingDataError(
+                f"data.image_folder not found: {config.image_folder} ({int(self.index.has_image.sum())} samples of "
+                f"{config.data_path} have an image there)"
+            )
         self.plan = BatchPlan(
             self.index.has_image,
             batch_size=self.batch_size,
@@ -193,6 +243,8 @@ class LlavaLoader:
         self.report = self._new_report()
         self.report_from_step = 0  # the current report covers this epoch's micro-batches from here
         self.last_report: Optional[SkipReport] = None
+        self._reported = False  # the current report has been printed (the epoch's last batch is built)
+        self._pending: list = []  # reports printed but not yet taken by `take_reports`
 
     # ----------------------------------------------------------------- position
 
@@ -237,6 +289,7 @@ class LlavaLoader:
             )
         self.epoch, self.step = int(state["epoch"]), step
         self.report, self.report_from_step = self._new_report(), step
+        self._reported = False
 
     # ----------------------------------------------------------------- iteration
 
@@ -280,23 +333,52 @@ class LlavaLoader:
             iterator = self.mindspore_dataset(epoch, start_step).create_dict_iterator(output_numpy=True, num_epochs=1)
             try:
                 yield from iterator
+            except RuntimeError as err:
+                _reraise_worker_error(err)
+                raise
             finally:  # also when the consumer stops early: end the worker processes
                 iterator.stop()
 
     def __iter__(self) -> Iterator[dict]:
-        """The remaining batches of the current epoch; then the report is logged and the epoch advances."""
+        """The remaining batches of the current epoch; the report is logged with the last, then the epoch advances."""
         epoch = self.epoch
         for raw in self._raw_batches(epoch, self.step):
             batch, counts, records = _strip(raw)
             self.absorb_events(counts, records)
             self.step += 1
+            if self.step == self.steps_per_epoch:
+                self._emit_report("")  # every skip of the epoch is known now: report before training on it
             yield batch
         if self.epoch == epoch and self.step == self.steps_per_epoch:
-            part = f", micro-batches {self.report_from_step}.." if self.report_from_step else ""
-            self.last_report = self.report
-            self.log(self.report.format(f"data report, epoch {epoch} (rank {self.rank}{part})"))
+            if not self._reported:
+                self._emit_report("")
             self.epoch, self.step = epoch + 1, 0
-            self.report, self.report_from_step = self._new_report(), 0
+            self.report, self.report_from_step, self._reported = self._new_report(), 0, False
+
+    def _emit_report(self, ending: str) -> dict:
+        """Log the current report (once) and queue it for `take_reports`; returns it as a log record."""
+        part = f", micro-batches {self.report_from_step}..{self.step - 1}" if self.report_from_step or ending else ""
+        self.last_report = self.report
+        self.log(self.report.format(f"data report, epoch {self.epoch} (rank {self.rank}{part}{ending})"))
+        self._reported = True
+        record = {
+            "event": "data_report", "epoch": self.epoch, "rank": self.rank,
+            "micro_batches": [self.report_from_step, self.step], "complete": not ending,
+            "skipped": self.report.num_skipped, **self.report.state_dict(),
+        }
+        self._pending.append(record)
+        return record
+
+    def take_reports(self) -> list[dict]:
+        """The data reports printed since the last call (end of an epoch), as log records."""
+        reports, self._pending = self._pending, []
+        return reports
+
+    def finish_report(self, reason: str = "run ended") -> list[dict]:
+        """At the end of a run (stop step, error, interrupt): report the unfinished epoch's part; then `take_reports`."""
+        if not self._reported and self.step > self.report_from_step:
+            self._emit_report(f", {reason} mid-epoch")
+        return self.take_reports()
 
     def measure_throughput(self, num_batches: int = 8) -> dict:
         """Preprocessing speed of the configured backend: samples/s over `num_batches` from the current position.

@@ -18,7 +18,14 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from eve_ms.data.report import BadSampleError, MalformedJSONError, SkipReport
+from eve_ms.data.report import (
+    BadSampleError,
+    DataError,
+    InvalidUTF8Error,
+    MalformedJSONError,
+    MissingDataError,
+    SkipReport,
+)
 
 INDEX_FORMAT = 1  # bump when the index's meaning changes, so old cache files are not reused
 CHUNK_BYTES = 1 << 20
@@ -52,12 +59,14 @@ def _file_kind(path: str) -> str:
 def iter_raw_records(path: str) -> Iterator[Union[RawRecord, MalformedJSONError]]:
     """Yield every top-level record of a JSON list or JSONL file, streaming.
 
-    A malformed JSONL line is yielded as a `MalformedJSONError` (the caller may skip it and go
-    on); malformed JSON inside a list is raised, since nothing after it can be trusted.
+    A malformed or non-UTF-8 JSONL line is yielded as a `MalformedJSONError` / `InvalidUTF8Error`
+    (the caller may skip it and go on); either inside a JSON list is raised, since nothing after
+    it can be trusted.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise MissingDataError(f"data file {what}: {path}")
     if _file_kind(path) == "array":
         yield from _iter_array(path)
     else:
@@ -69,7 +78,12 @@ def _iter_lines(path: str) -> Iterator[Union[RawRecord, MalformedJSONError]]:
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             size = len(raw)
-            text = raw.decode("utf-8", errors="replace")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield InvalidUTF8Error(path, line_no, err.start + 1, offset + err.start, raw[err.start:err.end])
+                offset += size
+                continue
             if line_no == 1:
                 text = text.lstrip("\ufeff")
             if text.strip():
@@ -89,6 +103,9 @@ class _ArrayScanner:
         self.path, self.fh = path, fh
         self.utf8 = codecs.getincrementaldecoder("utf-8")()
         self.buf, self.eof = "", False
+        self.bytes_read = 0
+        self.records = 0  # list elements decoded so far
+        self.bad_utf8 = None  # (byte offset, bad bytes): the text ends there
         self.pos = 0  # current char position in buf
         # Marks: byte offset, line and column of buf[pos] (updated by `advance`).
         self.byte, self.line, self.col = 0, 1, 1
@@ -98,7 +115,15 @@ class _ArrayScanner:
         while len(self.buf) - self.pos < min_chars and not self.eof:
             chunk = self.fh.read(CHUNK_BYTES)
             self.eof = not chunk
-            self.buf = self.buf[self.pos:] + self.utf8.decode(chunk, final=self.eof)
+            try:
+                text = self.utf8.decode(chunk, final=self.eof)
+            except UnicodeDecodeError as err:
+                # Keep the text before the bad bytes; parsing stops there with an error naming the element.
+                start = self.bytes_read - (len(err.object) - len(chunk)) + err.start
+                self.bad_utf8 = (start, err.object[err.start:err.end])
+                text, self.eof = err.object[:err.start].decode("utf-8"), True
+            self.bytes_read += len(chunk)
+            self.buf = self.buf[self.pos:] + text
             self.pos = 0
         return len(self.buf) - self.pos >= min_chars
 
@@ -124,11 +149,15 @@ class _ArrayScanner:
         return None
 
     def error(self, detail: str, at: int = 0) -> MalformedJSONError:
-        """Error at `at` chars after the current position."""
+        """Error at `at` chars after the current position (the bad bytes, when the text ended at them)."""
+        if self.bad_utf8 is not None:
+            at = len(self.buf) - self.pos
         text = self.buf[self.pos:self.pos + at]
         newlines = text.count("\n")
         line = self.line + newlines
         col = at - text.rfind("\n") if newlines else self.col + at
+        if self.bad_utf8 is not None:
+            return InvalidUTF8Error(self.path, line, col, *self.bad_utf8, record=self.records)
         return MalformedJSONError(self.path, line, col, detail)
 
     def decode_value(self) -> RawRecord:
@@ -149,6 +178,7 @@ class _ArrayScanner:
         start = self.byte
         self.advance(end - self.pos)
         record.size = self.byte - start
+        self.records += 1
         return record
 
 
@@ -219,7 +249,7 @@ def build_index(
         if isinstance(item, MalformedJSONError):
             if not skip_bad_samples:
                 raise item
-            report.add("malformed_json", f"line {item.line}")
+            report.add(item.reason, f"line {item.line}")
             continue
         try:
             image = validate(item.value)
@@ -294,9 +324,13 @@ class RecordReader:
     def read(self, i: int) -> object:
         offset, size = int(self.index.offsets[i]), int(self.index.sizes[i])
         raw = os.pread(self._file(), size, offset)
-        if len(raw) != size:
-            raise OSError(f"{self.index.path} changed while in use: record {i} at byte {offset} is cut short")
-        return json.loads(raw)
+        try:
+            if len(raw) != size:
+                raise ValueError("cut short")
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:  # the index checked this record: the file was changed after indexing
+            raise DataError(f"{self.index.path} changed while in use: the record at line {self.index.lines[i]} "
+                            f"(byte {offset}) no longer reads back; restart the run") from None
 
     def __getstate__(self):
         return {"index": self.index, "_fd": None, "_pid": None}

@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from eve_ms.errors import EXIT_USAGE, EveError
+
 # code -> what it means (shown in reports)
 SKIP_REASONS = {
     "malformed_json": "JSONL line that is not valid JSON",
+    "invalid_utf8": "JSONL line that is not valid UTF-8",
     "not_an_object": "record is not a JSON object",
     "missing_conversations": "no `conversations` list (or an empty one)",
     "bad_turn": "turn is not an object with string `from` and `value`",
@@ -38,17 +41,40 @@ CODES = tuple(SKIP_REASONS) + tuple(NOTES)
 CODE_INDEX = {code: i for i, code in enumerate(CODES)}
 
 
-class DataError(ValueError):
+class DataError(EveError, ValueError):
     """Input data that cannot be used; the message names the file and the sample."""
 
 
+class MissingDataError(DataError):
+    """A data file or image folder the config names is not there."""
+
+    exit_code = EXIT_USAGE
+
+
 class MalformedJSONError(DataError):
+    reason = "malformed_json"  # its SKIP_REASONS code when a JSONL line is skipped
+
     def __init__(self, path: str, line: int, column: int, detail: str):
         self.path, self.line, self.column, self.detail = path, line, column, detail
         super().__init__(f"{path}: malformed JSON at line {line}, column {column}: {detail}")
 
     def __reduce__(self):  # picklable across worker processes
         return (MalformedJSONError, (self.path, self.line, self.column, self.detail))
+
+
+class InvalidUTF8Error(MalformedJSONError):
+    """Bytes that are not UTF-8: named by file, line, column and byte offset (and the list element in a JSON list)."""
+
+    reason = "invalid_utf8"
+
+    def __init__(self, path: str, line: int, column: int, offset: int, bad: bytes, record: int = -1):
+        self.path, self.line, self.column, self.offset, self.bad, self.record = path, line, column, offset, bad, record
+        self.detail = f"invalid UTF-8 byte {bad.hex(' ')} at byte offset {offset}"
+        where = f"line {line}, column {column}" + (f", in list element {record + 1}" if record >= 0 else "")
+        DataError.__init__(self, f"{path}: {self.detail} ({where}); save the file as UTF-8")
+
+    def __reduce__(self):
+        return (InvalidUTF8Error, (self.path, self.line, self.column, self.offset, self.bad, self.record))
 
 
 class BadSampleError(DataError):
@@ -68,7 +94,14 @@ class BadSampleError(DataError):
             where += f"sample id {self.sample_id!r}" + (f" (line {self.line})" if self.line else "") + ": "
         elif self.line:
             where += f"sample at line {self.line}: "
-        return f"{where}{self.reason}: {self.detail}"
+        hint = getattr(self, "hint", "")
+        return f"{where}{self.reason}: {self.detail}" + (f"; {hint}" if hint else "")
+
+    def with_hint(self, hint: str) -> "BadSampleError":
+        """Add what the user can do about it to the message."""
+        self.hint = hint
+        self.args = (self._message(),)
+        return self
 
     def locate(self, path: str, sample_id: str, line: int) -> "BadSampleError":
         """Name the file, the sample's id and the line where its record starts."""

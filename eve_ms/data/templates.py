@@ -21,6 +21,8 @@ import difflib
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+from eve_ms.config import ConfigError
+
 IMAGE = "<image>"  # the tag in LLaVA data; the place the image's tokens go
 BOS, EOS = "bos", "eos"  # special tokens a template may place, resolved by the tokenizer
 
@@ -119,5 +121,5 @@ def get_template(name: str) -> ChatTemplate:
     if name not in TEMPLATES:
         close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown conversation template {name!r}{hint}; known: {sorted(TEMPLATES)}")
+        raise ConfigError(f"unknown conversation template {name!r}{hint}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[name]

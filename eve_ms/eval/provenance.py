@@ -17,12 +17,13 @@ import hashlib
 import json
 import os
 import socket
+from eve_ms.errors import EveError
 
 HEADER_KEY = "eve_ms_answers"
 CHUNK = 1 << 24
 
 
-class AnswersFileError(RuntimeError):
+class AnswersFileError(EveError, RuntimeError):
     """An answers file that this run must not append to (other provenance, or another writer)."""
 
 

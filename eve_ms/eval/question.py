@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+from eve_ms.errors import EveError
 
 OPTION_LETTERS = "ABCDEFGHIJ"
 
@@ -41,7 +42,7 @@ class Question:
         return self.group if self.group is not None else self.id
 
 
-class DataFormatError(ValueError):
+class DataFormatError(EveError, ValueError):
     """A benchmark file that does not have the expected format."""
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 
 from eve_ms.data.report import DataError
@@ -78,8 +79,11 @@ class ChatSession:
         return chat_prompt_ids(self.generator.tokenizer, self.config, turns, self.template)
 
     def _fitting_prompt(self, text: str):
-        """(turns, token ids): history + the new turn, the oldest rounds dropped while there is no room to answer."""
-        room = self.config.llm.max_position_embeddings - self.generation.max_new_tokens
+        """(turns, token ids, generation): history + the new turn, the oldest rounds dropped while there is no
+        room to answer; when the new turn alone leaves less room than --max-new-tokens, the answer's budget is
+        what is left of the model's context (with a note on stderr)."""
+        positions = self.config.llm.max_position_embeddings
+        room = positions - self.generation.max_new_tokens
         history = list(self.history)
         while True:
             turns = [*history, Turn("human", text)]
@@ -88,18 +92,23 @@ class ChatSession:
             if len(ids) <= room or not history:
                 break
             history = history[2:]
+        generation = self.generation
         if len(ids) > room:
-            raise ValueError(f"the prompt takes {len(ids)} tokens; with --max-new-tokens "
-                             f"{self.generation.max_new_tokens} the model's {self.config.llm.max_position_embeddings} "
-                             "positions do not fit it")
+            if len(ids) >= positions:
+                raise ValueError(f"the prompt takes {len(ids)} tokens, the model's context {positions}: "
+                                 "shorten the prompt")
+            generation = dataclasses.replace(generation, max_new_tokens=positions - len(ids))
+            print(f"note: the prompt takes {len(ids)} of the model's {positions} positions; answering with at most "
+                  f"{generation.max_new_tokens} new tokens instead of --max-new-tokens "
+                  f"{self.generation.max_new_tokens}", file=sys.stderr)
         self.history = history
-        return turns, ids
+        return turns, ids, generation
 
     def answer(self, text: str, write) -> str:
         """Generate the reply to `text`, handing each new piece to `write`; the reply joins the history."""
-        turns, ids = self._fitting_prompt(text)
+        turns, ids, generation = self._fitting_prompt(text)
         output = self.generator.generate(
-            [ids], [self.pixels], self.generation, language_only=self.language_only,
+            [ids], [self.pixels], generation, language_only=self.language_only,
             stream=lambda _, piece: write(piece),
         )[0]
         self.history = turns + [Turn("gpt", output.text)]
@@ -107,7 +116,7 @@ class ChatSession:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eve_ms.checkpoint_dir import read_eve_config
+    from eve_ms.checkpoint_dir import check_not_lora, read_eve_config
     from eve_ms.config import ConfigError
     from eve_ms.inference.sampling import GenerationConfig
 
@@ -116,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                                       top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                       stop_strings=tuple(args.stop))
         config = read_eve_config(args.checkpoint)
+        check_not_lora(args.checkpoint)
         if args.image is not None:  # check the image before the slow part
             from eve_ms.inference.inputs import image_processor_for, load_pixels
 

@@ -46,7 +46,7 @@ from eve_ms.inference.sampling import GenerationConfig, next_tokens
 from eve_ms.inference.streaming import ReplyText
 from eve_ms.models.kv_cache import CacheCells, KVCache, greedy_token
 
-FINISH_REASONS = ("eos", "stop_string", "length")
+FINISH_REASONS = ("eos", "stop_string", "length", "cancelled")
 
 
 class PrefillStep(nn.Cell):
@@ -92,7 +92,7 @@ class DecodeStep(nn.Cell):
 class GenerationOutput:
     token_ids: np.ndarray  # the new tokens, int32; the eos token is not included
     text: Optional[str]  # decoded reply (ends before a stop string); None without a tokenizer
-    finish_reason: str  # eos | stop_string | length
+    finish_reason: str  # eos | stop_string | length | cancelled
     evf_mode: Optional[str]  # the EVF mode this sample ran in; None for a model without EVF layers
     logits: Optional[np.ndarray] = None  # [steps, V] float32: what each token was chosen from (keep_logits)
 
@@ -174,6 +174,8 @@ class Generator:
         language_only: Optional[bool] = None,
         stream: Optional[Callable[[int, str], None]] = None,
         keep_logits: bool = False,
+        configs: Optional[Sequence[GenerationConfig]] = None,
+        cancelled: Optional[Callable[[int], bool]] = None,
     ) -> list[GenerationOutput]:
         """One `GenerationOutput` per prompt, in order.
 
@@ -181,20 +183,36 @@ class Generator:
         all None); max_new_tokens: optional per-prompt limits (default config.max_new_tokens);
         stream(index, text): called with each new piece of a reply's text (needs a tokenizer);
         keep_logits: also return the logits of every step (`GenerationOutput.logits`).
+        configs: instead of `config`, one GenerationConfig per prompt (its limit, stop strings,
+        eos and sampling), each prompt sampled from a generator seeded by its own config, so a
+        prompt's tokens are those it gets alone (what a server batching its clients needs);
+        with `config` the batch shares one generator seeded by config.seed.
+        cancelled(index): polled before every step; a prompt for which it answers True stops
+        there (finish reason "cancelled") and the generation ends once no prompt is left.
         """
-        config = config or GenerationConfig()
         prompts = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in input_ids]
+        if configs is not None:
+            if config is not None:
+                raise ValueError("give config or configs, not both")
+            row_configs = list(configs)
+            if len(row_configs) != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but {len(row_configs)} configs")
+            sample_rngs = [np.random.default_rng(c.seed) for c in row_configs]
+        else:
+            config = config or GenerationConfig()
+            row_configs = [config] * len(prompts)
+            sample_rngs = [np.random.default_rng(config.seed)]  # one generator for the whole batch
         pixels = list(pixel_values) if pixel_values is not None else [None] * len(prompts)
-        limits = list(max_new_tokens) if max_new_tokens is not None else [config.max_new_tokens] * len(prompts)
+        limits = (list(max_new_tokens) if max_new_tokens is not None
+                  else [c.max_new_tokens for c in row_configs])
         if len(pixels) != len(prompts) or len(limits) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(pixels)} pixel entries and {len(limits)} limits")
-        if (config.stop_strings or stream is not None) and self.tokenizer is None:
+        if (any(c.stop_strings for c in row_configs) or stream is not None) and self.tokenizer is None:
             raise ValueError("stop strings and streaming need a tokenizer to decode the replies")
         for index, (ids, image, limit) in enumerate(zip(prompts, pixels, limits)):
             self._check_prompt(index, ids, image, limit)
 
         outputs: list = [None] * len(prompts)
-        sample_rng = np.random.default_rng(config.seed)
         noise_rng = np.random.default_rng(self.routing_seed)
         for with_image in (True, False):
             group = [i for i, image in enumerate(pixels) if (image is not None) == with_image]
@@ -202,10 +220,12 @@ class Generator:
                 continue
             mode = self.evf_mode_for(with_image, language_only)
             for part in self._fitting_parts(group, prompts, limits):
+                rngs = sample_rngs if configs is None else [sample_rngs[i] for i in part]
                 results = self._generate_group(
                     [prompts[i] for i in part], [pixels[i] for i in part] if with_image else None,
-                    [limits[i] for i in part], mode, config, sample_rng, noise_rng,
+                    [limits[i] for i in part], mode, [row_configs[i] for i in part], rngs, noise_rng,
                     (lambda row, text, _part=part: stream(_part[row], text)) if stream else None, keep_logits,
+                    (lambda row, _part=part: cancelled(_part[row])) if cancelled else None,
                 )
                 for i, result in zip(part, results):
                     outputs[i] = result
@@ -250,7 +270,18 @@ class Generator:
         layers = max(1, len(self.evf_layers))  # a dense model's steps ignore it
         return Tensor(rng.random((layers, batch, length), dtype=np.float32))
 
-    def _generate_group(self, prompts, pixels, limits, mode, config, sample_rng, noise_rng, stream, keep_logits):
+    def _next_tokens(self, logits: np.ndarray, configs: list, rngs: list, active: np.ndarray) -> np.ndarray:
+        """Each row's next token: from the one shared generator (len(rngs) == 1, every row drawn), or from
+        each active row's own generator and config (the draws of a row do not depend on the others)."""
+        if len(rngs) == 1 and len(configs) > 1:
+            return next_tokens(logits, configs[0], rngs[0])
+        tokens = np.full(len(logits), self.pad_token_id, np.int32)
+        for row in np.flatnonzero(active):
+            tokens[row] = next_tokens(logits[row:row + 1], configs[row], rngs[row])[0]
+        return tokens
+
+    def _generate_group(self, prompts, pixels, limits, mode, configs, rngs, noise_rng, stream, keep_logits,
+                        cancelled=None):
         batch = len(prompts)
         steps = max(limits)
         longest = self.config.llm.max_position_embeddings
@@ -263,8 +294,8 @@ class Generator:
         for row, prompt in enumerate(prompts):
             ids[row, length - len(prompt):] = prompt
             mask[row, length - len(prompt):length] = 1
-        eos = config.eos_token_id if config.eos_token_id is not None else self.eos_token_id
-        replies = [ReplyText(self.tokenizer, config.stop_strings) if self.tokenizer else None for _ in prompts]
+        eos = [c.eos_token_id if c.eos_token_id is not None else self.eos_token_id for c in configs]
+        replies = [ReplyText(self.tokenizer, c.stop_strings) if self.tokenizer else None for c in configs]
         generated = [[] for _ in prompts]
         seen = [[] for _ in prompts]  # logits of each sample's steps, when kept
         reasons: list = [None] * batch
@@ -277,15 +308,23 @@ class Generator:
             if pixels is not None:
                 args.append(Tensor(np.stack(pixels).astype(np.float32)))
             greedy, logits = prefill(*args)
-            read_logits = keep_logits or not config.greedy
+            all_greedy = all(c.greedy for c in configs)  # then the graph's argmax is every row's token
+            read_logits = keep_logits or not all_greedy
             for step in range(steps):
+                if cancelled is not None:
+                    for row in range(batch):
+                        if reasons[row] is None and cancelled(row):
+                            reasons[row] = "cancelled"
+                    if all(reasons):
+                        break
                 step_logits = logits.asnumpy() if read_logits else None
-                tokens = greedy.asnumpy() if config.greedy else next_tokens(step_logits, config, sample_rng)
+                tokens = (greedy.asnumpy() if all_greedy
+                          else self._next_tokens(step_logits, configs, rngs, np.array([r is None for r in reasons])))
                 for row in range(batch):
                     if reasons[row] is None:
                         if keep_logits:
                             seen[row].append(step_logits[row])
-                        reasons[row] = self._accept(row, int(tokens[row]), eos, generated, replies, stream)
+                        reasons[row] = self._accept(row, int(tokens[row]), eos[row], generated, replies, stream)
                         if reasons[row] is None and step + 1 >= limits[row]:
                             reasons[row] = "length"
                 active = np.array([r is None for r in reasons])

@@ -44,13 +44,11 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from eve_ms.config import ConfigError, EVFConfig, LLMConfig
+from eve_ms.config import EVF_MODES, EVFConfig, LLMConfig
 from eve_ms.models.ffn import FeedForward
-from eve_ms.ops.allocator import allocate_tokens, check_allocation_args, combine_indices, dispatch_indices
+from eve_ms.ops.allocator import allocate_tokens, combine_indices, dispatch_indices
 from eve_ms.ops.token_allocation import NUM_EXPERTS, compute_capacity
 
-EVF_MODES = ("multimodal", "language_only", "moe")
-COMBINES = ("unit", "prob")
 ROUTING_STAT_NAMES = ("valid", "kept_language", "kept_vision", "dropped", "redistributed")
 NUM_ROUTING_STATS = len(ROUTING_STAT_NAMES)
 MOE_STRATEGY = "gbpr"  # plain top-1 routing: argmax P, priority P[x, pref], no prior
@@ -58,20 +56,8 @@ ROUTER_INIT_STD = 0.02
 
 
 def check_evf_config(evf_config: EVFConfig) -> None:
-    """Errors name the `evf` key at fault."""
-    if evf_config.mode not in EVF_MODES:
-        raise ConfigError(f"evf.mode must be one of {EVF_MODES}, got {evf_config.mode!r}")
-    if evf_config.combine not in COMBINES:
-        raise ConfigError(f"evf.combine must be one of {COMBINES}, got {evf_config.combine!r}")
-    for key in ("capacity_factor", "eval_capacity_factor"):
-        if getattr(evf_config, key) <= 0:
-            raise ConfigError(f"evf.{key} must be > 0, got {getattr(evf_config, key)}")
-    if evf_config.min_capacity < 0:
-        raise ConfigError(f"evf.min_capacity must be >= 0, got {evf_config.min_capacity}")
-    try:
-        check_allocation_args(evf_config.strategy, evf_config.beta, evf_config.redistribute_ratio)
-    except ValueError as err:
-        raise ConfigError(f"evf: {err}") from err
+    """Errors name the `evf` key at fault; the checks live with the fields (EVFConfig.validate)."""
+    evf_config.validate()
 
 
 class Router(nn.Cell):
@@ -156,12 +142,14 @@ class EVFLayer(nn.Cell):
     Composed ops take the capacity from x's static shape, so any B*S works.
     """
 
-    def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig, ffn_kind: str = "swiglu"):
+    def __init__(self, llm_config: LLMConfig, evf_config: EVFConfig, ffn_kind: str = "swiglu", fused=None):
         super().__init__()
         check_evf_config(evf_config)
-        # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy
-        self.language_ffn = FeedForward(llm_config, ffn_kind)
-        self.vision_ffn = FeedForward(llm_config, ffn_kind)
+        # both experts have the FFN kind of the layer they replace (swiglu | series): the vision FFN is its copy;
+        # `fused` (eve_ms.ops.fused.FusedOps, default: from llm_config) picks their SwiGLU kernel, which
+        # run on the static [capacity, H] expert buffers like the composed ones
+        self.language_ffn = FeedForward(llm_config, ffn_kind, fused)
+        self.vision_ffn = FeedForward(llm_config, ffn_kind, fused)
         self.router = Router(llm_config.hidden_size, evf_config)
         self.strategy = evf_config.strategy
         self.combine = evf_config.combine

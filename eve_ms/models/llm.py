@@ -39,8 +39,11 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from eve_ms.config import IGNORE_INDEX, ConfigError, EVFConfig, LLMConfig
+from eve_ms.config import IGNORE_INDEX, ROPE_TYPES, ConfigError, EVFConfig, LLMConfig
 from eve_ms.models.ffn import FeedForward, ffn_param_count
+from eve_ms.ops.fused import (
+    ROTARY_MODE_ROTATE_HALF, FusedOps, flash_attention_kwargs, flash_attention_mask, rotary_layout, select_fused_ops,
+)
 
 __all__ = [
     "LLM", "LLMDecodeStep", "RMSNorm", "Attention", "DecoderLayer", "Decoder", "Embedding",
@@ -48,7 +51,6 @@ __all__ = [
     "llm_param_count", "ffn_param_count", "ROPE_TYPES",
 ]
 
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 _FP32_MIN = float(np.finfo(np.float32).min)  # masked attention scores: finite, so an all-masked row stays NaN-free
 
 
@@ -56,15 +58,25 @@ _FP32_MIN = float(np.finfo(np.float32).min)  # masked attention scores: finite, 
 
 
 class RMSNorm(nn.Cell):
-    """x / rms(x) * weight, normalised in float32 like Hugging Face's LlamaRMSNorm."""
+    """x / rms(x) * weight, normalised in float32 like Hugging Face's LlamaRMSNorm.
 
-    def __init__(self, hidden_size: int, eps: float):
+    `fused` (Ascend): one `ops.rms_norm` call in float32, as MindFormers' LlamaRMSNorm makes it, in
+    place of the square / mean / rsqrt / multiply chain; the weight multiplies before the result is
+    rounded to x's dtype (the composed path rounds first), and the output dtype is the composed one's.
+    """
+
+    def __init__(self, hidden_size: int, eps: float, fused: bool = False):
         super().__init__()
         self.weight = Parameter(initializer("ones", (hidden_size,), ms.float32), name="weight")
         self.eps = eps
+        self.fused = fused
 
     def construct(self, x):
         dtype = x.dtype
+        if self.fused:
+            out = ops.rms_norm(x.astype(ms.float32), self.weight.astype(ms.float32), self.eps)[0]
+            # weight * x.astype(dtype) is float32 when either is: round only where the composed path does
+            return out.astype(dtype) if dtype == self.weight.dtype else out
         x32 = x.astype(ms.float32)
         x32 = x32 * ops.rsqrt(ops.mean(x32 * x32, -1, keep_dims=True) + self.eps)
         return self.weight * x32.astype(dtype)
@@ -82,20 +94,7 @@ class Embedding(nn.Cell):
 
 
 def _rope_scaling(config: LLMConfig) -> tuple[str, dict]:
-    scaling = dict(config.rope_scaling or {})
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ROPE_TYPES:
-        raise ConfigError(f"unsupported rope_scaling type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
-    required = {
-        "linear": ("factor",),
-        "dynamic": ("factor",),
-        "yarn": ("factor",),
-        "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-    }.get(rope_type, ())
-    missing = [key for key in required if scaling.get(key) is None]
-    if missing:
-        raise ConfigError(f"rope_scaling of type {rope_type!r} needs key(s) {missing}, got {scaling}")
-    return rope_type, scaling
+    return config.rope_type, dict(config.rope_scaling or {})  # LLMConfig checks type and keys
 
 
 def rope_inverse_frequencies(config: LLMConfig) -> tuple[np.ndarray, float]:
@@ -210,9 +209,20 @@ class Attention(nn.Cell):
     (`write_start` a scalar tensor, so decoding steps share one compiled graph) and the queries
     attend over all M slots; `mask_bias` (0 where a query may see a slot, the float32 minimum where
     not) is added to the scores: an added mask needs no backward pass of its own, unlike a masked fill.
+
+    With `fused.attention` (Ascend), a call without a cache whose projections are float16 / bfloat16
+    runs `ops.flash_attention_score` in layout BSND (rotary through `ops.rotary_position_embedding`
+    when `fused.rotary`), never materialising the [B, heads, S, S] scores; its returned keys and
+    values are BSND, which only a cache would read. Calls with a cache (prefill into it and one-token
+    decode steps) keep the composed attention: their keys span all M cache slots, a decode step has
+    one query row (nothing to tile), and FlashAttentionScore is the training operator; float32
+    projections keep it too (the operator takes float16 / bfloat16 only).
     """
 
-    def __init__(self, config: LLMConfig):
+    # True only in tests (monkeypatched), to run the fused path's plumbing in float32 with stand-in operators.
+    flash_in_float32 = False
+
+    def __init__(self, config: LLMConfig, fused: FusedOps | None = None):
         super().__init__()
         h, d = config.hidden_size, config.dim_per_head
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.kv_heads, d
@@ -222,6 +232,9 @@ class Attention(nn.Cell):
         self.v_proj = nn.Dense(h, self.num_kv_heads * d, has_bias=bias)
         self.o_proj = nn.Dense(self.num_heads * d, h, has_bias=bias)
         self.scale = d**-0.5
+        fused = fused if fused is not None else select_fused_ops(config)
+        self.fused_attention, self.fused_rotary = fused.attention, fused.rotary
+        self.flash_kwargs = flash_attention_kwargs(config)
 
     def _heads(self, x, num_heads):
         b, s, _ = x.shape
@@ -238,9 +251,12 @@ class Attention(nn.Cell):
     def construct(self, x, cos, sin, mask_bias, key_cache=None, value_cache=None, write_start=None):
         """x [B, S, H]; cos, sin [B, 1, S, D]; mask_bias [B, 1, S, K] float32 -> (out [B, S, H], keys, values)."""
         b, s, _ = x.shape
-        q = _apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
-        k = _apply_rope(self._heads(self.k_proj(x), self.num_kv_heads), cos, sin)
-        v = self._heads(self.v_proj(x), self.num_kv_heads)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if key_cache is None and self.fused_attention and (q.dtype != ms.float32 or self.flash_in_float32):
+            return self._flash_attention(q, k, v, cos, sin, mask_bias)
+        q = _apply_rope(self._heads(q, self.num_heads), cos, sin)
+        k = _apply_rope(self._heads(k, self.num_kv_heads), cos, sin)
+        v = self._heads(v, self.num_kv_heads)
         if key_cache is not None:
             k = _write_cache(key_cache, k, write_start)
             v = _write_cache(value_cache, v, write_start)
@@ -252,6 +268,21 @@ class Attention(nn.Cell):
         out = ops.matmul(probs, self._repeat_kv(v))
         out = ops.transpose(out, (0, 2, 1, 3)).reshape(b, s, self.num_heads * self.head_dim)
         return self.o_proj(out), k, v
+
+    def _flash_attention(self, q, k, v, cos, sin, mask_bias):
+        """The fused path: q, k, v projections [B, S, heads * D] -> (out [B, S, H], keys, values BSND)."""
+        b, s, _ = q.shape
+        q = q.reshape(b, s, self.num_heads, self.head_dim)
+        k = k.reshape(b, s, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, s, self.num_kv_heads, self.head_dim)
+        cos, sin = rotary_layout(cos.astype(q.dtype), sin.astype(q.dtype), b, s)
+        if self.fused_rotary:
+            q = ops.rotary_position_embedding(q, cos, sin, ROTARY_MODE_ROTATE_HALF)  # as _apply_rope
+            k = ops.rotary_position_embedding(k, cos, sin, ROTARY_MODE_ROTATE_HALF)
+        else:
+            q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # the formula broadcasts in BSND too
+        out = ops.flash_attention_score(q, k, v, attn_mask=flash_attention_mask(mask_bias), **self.flash_kwargs)
+        return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim)), k, v
 
 
 def _write_cache(cache, new, start):
@@ -301,19 +332,21 @@ class DecoderLayer(nn.Cell):
     `AttentionShortcut`) exists where `config.attn_shortcut_width_of(layer_index)` > 0.
     """
 
-    def __init__(self, config: LLMConfig, layer_index: int, evf_config: EVFConfig | None = None):
+    def __init__(self, config: LLMConfig, layer_index: int, evf_config: EVFConfig | None = None,
+                 fused: FusedOps | None = None):
         super().__init__()
-        self.self_attn = Attention(config)
+        fused = fused if fused is not None else select_fused_ops(config)
+        self.self_attn = Attention(config, fused)
         ffn_kind = config.ffn_kind(layer_index)
         self.is_evf = evf_config is not None and layer_index in evf_config.layer_indices(config.num_layers)
         if self.is_evf:
             from eve_ms.models.evf import EVFLayer  # only EVF models import the EVF layer
 
-            self.mlp = EVFLayer(config, evf_config, ffn_kind)
+            self.mlp = EVFLayer(config, evf_config, ffn_kind, fused=fused)
         else:
-            self.mlp = FeedForward(config, ffn_kind)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.mlp = FeedForward(config, ffn_kind, fused)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, fused.rms_norm)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, fused.rms_norm)
         shortcut_width = config.attn_shortcut_width_of(layer_index)
         self.has_attn_shortcut = shortcut_width > 0
         if self.has_attn_shortcut:
@@ -342,9 +375,12 @@ class Decoder(nn.Cell):
 
     def __init__(self, config: LLMConfig, evf_config: EVFConfig | None = None):
         super().__init__()
+        # llm.fused_ops against the device target, once for the whole stack (eve_ms/ops/fused.py)
+        self.fused_ops = select_fused_ops(config)
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.embedding_init_std)
-        self.layers = nn.CellList([DecoderLayer(config, i, evf_config) for i in range(config.num_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.CellList([DecoderLayer(config, i, evf_config, self.fused_ops)
+                                   for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, self.fused_ops.rms_norm)
         cos, sin = rope_tables(config)
         self.rope_cos, self.rope_sin = Tensor(cos), Tensor(sin)
         self.evf_layer_indices = [i for i, layer in enumerate(self.layers) if layer.is_evf]
@@ -638,16 +674,7 @@ def greedy_generate(step, input_ids, attention_mask, max_new_tokens: int, eos_to
 
 
 def _check_config(config: LLMConfig) -> None:
-    if config.num_heads % config.kv_heads:
-        raise ConfigError(f"num_heads={config.num_heads} is not a multiple of num_kv_heads={config.kv_heads}")
-    if config.head_dim is None and config.hidden_size % config.num_heads:
-        raise ConfigError(
-            f"hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}; set head_dim"
-        )
-    if config.dim_per_head % 2:
-        raise ConfigError(f"head_dim={config.dim_per_head} must be even for rotary embeddings")
-    config.split_index  # noqa: B018 (a ConfigError when the config was changed into an unresolvable one)
-    _rope_scaling(config)
+    config.validate()  # the checks live with the fields (LLMConfig); re-run for a config changed after it was built
 
 
 def llm_param_count(config: LLMConfig) -> int:

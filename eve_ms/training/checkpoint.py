@@ -2,9 +2,10 @@
 
 Files are standard safetensors (8-byte header length, JSON header, raw little-endian data),
 readable by the `safetensors` library; bfloat16 is stored as BF16. The header's
-`__metadata__` holds the CRC-32 of every tensor (`eve_ms.crc32`), so a truncated file
-(its header promises more bytes than there are) and a corrupted one (a checksum differs)
-are both detected and named. A file is written to a temporary name in the same folder,
+`__metadata__` holds the CRC-32 of every tensor (`eve_ms.crc32`) and of the header itself
+(`eve_ms.header_crc32`: tensor entries and metadata, so the stored step, data position and
+config are covered too), so a truncated file (its header promises more bytes than there are)
+and a corrupted one (a checksum differs) are both detected and named. A file is written to a temporary name in the same folder,
 fsynced and renamed, so a crash leaves either the previous state or the new complete file.
 
 Two kinds of file:
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from eve_ms.errors import EveError
+
 FORMAT = "eve-ms"
 KIND_TRAIN_STATE = "train_state"
 KIND_WEIGHTS = "weights"
@@ -47,7 +50,7 @@ _ST_TO_NP = {v: k for k, v in _NP_TO_ST.items()}
 _ST_TO_NP["BF16"] = np.dtype(np.uint16)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EveError, ValueError):
     """A checkpoint that cannot be used: unreadable, truncated, corrupt or not matching the network."""
 
 
@@ -92,6 +95,7 @@ def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) ->
     meta["format"] = FORMAT
     meta["eve_ms.crc32"] = json.dumps(crcs, separators=(",", ":"))
     header["__metadata__"] = meta
+    meta[HEADER_CRC_KEY] = str(_header_crc(header))
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
 
@@ -111,6 +115,16 @@ def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) ->
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(directory)
+
+
+HEADER_CRC_KEY = "eve_ms.header_crc32"
+
+
+def _header_crc(header: dict) -> int:
+    """CRC-32 of the header (tensor entries and metadata: step, data position, config...) without its own entry."""
+    meta = {k: v for k, v in header.get("__metadata__", {}).items() if k != HEADER_CRC_KEY}
+    canonical = {**{k: v for k, v in header.items() if k != "__metadata__"}, "__metadata__": meta}
+    return zlib.crc32(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode("utf-8"))
 
 
 def _fsync_dir(directory: str) -> None:
@@ -144,6 +158,10 @@ def read_header(path: str) -> tuple[dict, dict, int]:
         raise CheckpointError(f"{path}: corrupt header ({err})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt header (not a JSON object)")
+    saved_crc = (header.get("__metadata__") or {}).get(HEADER_CRC_KEY)
+    if saved_crc is not None and str(_header_crc(header)) != saved_crc:  # files of older versions have none
+        raise CheckpointError(f"{path}: corrupt header (its checksum does not match: the step, data position or "
+                              "config stored in it were changed)")
     metadata = header.pop("__metadata__", {}) or {}
     start = 8 + length
     data_size = size - start
@@ -317,6 +335,7 @@ class CheckpointManager:
         self.directory = directory
         self.keep_last = keep_last
         self.log = log
+        self.rejected: list = []  # (path, reason) of the checkpoints the last `newest_valid` skipped
 
     def path_for(self, step: int) -> str:
         return os.path.join(self.directory, f"step_{step:08d}.safetensors")
@@ -358,11 +377,28 @@ class CheckpointManager:
         return TrainState(path, int(metadata["step"]), tensors, metadata)
 
     def newest_valid(self) -> TrainState | None:
-        """The newest checkpoint that reads back intact; broken newer ones are reported and skipped."""
+        """The newest checkpoint that reads back intact; broken newer ones are reported, skipped and
+        listed in `self.rejected` as (path, reason)."""
         candidates = self.checkpoints()
+        self.rejected = []
         for step, path in reversed(candidates):
             try:
                 return self.load(path)
             except CheckpointError as err:
+                self.rejected.append((path, str(err)))
                 self.log(f"skipping checkpoint of step {step}: {err}; falling back to the previous one")
         return None
+
+    def no_usable_checkpoint(self) -> CheckpointError:
+        """The error of a resume that found nothing to resume from (after `newest_valid`): what was found, why not."""
+        rejected = self.rejected
+        if not rejected:
+            return CheckpointError(
+                f"--resume: no checkpoint in {self.directory} to resume from; run without --resume to start at step "
+                "0, or use --resume-or-start"
+            )
+        why = "; ".join(f"{os.path.basename(path)}: {reason.replace(path + ': ', '')}" for path, reason in rejected)
+        return CheckpointError(
+            f"--resume: none of the {len(rejected)} checkpoint(s) in {self.directory} is usable ({why}); remove them "
+            "and run without --resume to start again at step 0, or use --resume-or-start"
+        )

@@ -23,6 +23,12 @@ Unknown keys are errors naming the key and the file.
       stop_step: 0                # > 0: stop after this step (the lr schedule still spans the run)
     parallel_config:
       data_parallel: null         # null: the launcher's world size; else must equal it
+    parallel:                     # MindFormers' `parallel` section (mindspore.set_auto_parallel_context)
+      enable_parallel_optimizer: false  # MindSpore's optimizer parallel in data_parallel mode (Ascend only):
+                                  # rank r updates its share of the weights and broadcasts them; the AdamW state
+                                  # is not divided (every rank allocates both moments of every weight)
+    recompute_config:             # MindFormers' section name
+      recompute: false            # true: every decoder layer (MindSpore Cell.recompute()); N: the first N layers
     optimizer:                    # AdamW (PyTorch's), see eve_ms.training.optim
       type: AdamW
       fused: true                 # MindSpore's fused AdamWeightDecay kernel; false: mindformers.core.optim.AdamW
@@ -38,7 +44,7 @@ Unknown keys are errors naming the key and the file.
       total_steps: -1             # the run's length; -1: epochs x steps per epoch of the data
     runner_wrapper:               # the train step (eve_ms.training.trainer)
       type: EveTrainOneStepCell
-      compute_dtype: float32      # float32 | float16 | bfloat16 (what the device supports)
+      compute_dtype: float32      # float32 | float16 | bfloat16 (GPU/Ascend; CPU trains in float32 only)
       amp_level: O2               # mindspore.amp level for float16/bfloat16: O2 | O3 | auto
       use_clip_grad: true
       max_grad_norm: 1.0
@@ -54,6 +60,9 @@ Unknown keys are errors naming the key and the file.
       progress_bar: true
       plot_at_end: true           # PNGs of the JSONL log when the run ends
       tensorboard: true           # TensorBoard event files of every step beside the JSONL log
+    health:                       # training health (eve_ms.training.trainer.HealthMonitor)
+      stall_steps: 10             # warn when the loss is constant and the grad norm 0 this many steps (0: off)
+      stop_on_stall: false        # true: then stop the run with an error
     pet_config:                   # LoRA of stage 2 (mindformers.pet), read by the task
       pet_type: lora
       lora_rank: 8
@@ -63,6 +72,11 @@ Unknown keys are errors naming the key and the file.
     model: {...}                  # EveConfig (eve_ms.config), read by the task
     data: {...}                   # the data section (eve_ms.data), read by the task
     task_options: {}              # free-form options of a custom task
+
+Every section is checked when the yaml loads (`load_train_config`), each key by the dataclass that
+owns it, before any tokenizer, data or graph work; the Eve stages' task also checks its model,
+data and task_options sections then, even those the stage does not use (`stages.check_config`),
+and the compute dtype against the run's device. Errors are `ConfigError`s naming the key and the file.
 
 Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
 A file may inherit from others with MindFormers' `base_config: [file, ...]` (see
@@ -81,6 +95,14 @@ from eve_ms.config import ConfigError, from_dict, read_yaml
 DEFAULT_TASK = "eve_ms.training.stages:build_stage"
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 AMP_LEVELS = ("O2", "O3", "auto")
+# Compute dtypes each device target trains in. CPU: float32 only. MindSpore 2.9 has no CPU
+# bfloat16 matmul, and float16 training of the Eve network fails at graph compile ("MatMul
+# Float32 vs Float16"), after the tokenizer and data are built: so both are config errors at load.
+SUPPORTED_COMPUTE_DTYPES = {
+    "CPU": ("float32",),
+    "GPU": ("float32", "float16", "bfloat16"),
+    "Ascend": ("float32", "float16", "bfloat16"),
+}
 
 
 @dataclass
@@ -89,12 +111,32 @@ class ContextConfig:
     mode: Union[int, str] = 0
     runtime_num_threads: Optional[int] = None
 
+    def __post_init__(self):
+        self.mode_name  # noqa: B018 - raises on a bad mode
+        self.device  # noqa: B018 - raises on an unknown device target
+
     @property
     def mode_name(self) -> str:
         names = {0: "graph", 1: "pynative", "graph": "graph", "pynative": "pynative"}
         if self.mode not in names:
             raise ConfigError(f"context.mode must be 0 (graph) or 1 (pynative), got {self.mode!r}")
         return names[self.mode]
+
+    @property
+    def device(self) -> str:
+        """The device target the run will use: device_target, else $EVE_DEVICE_TARGET, else CPU."""
+        from eve_ms.runtime import resolve_device_target
+
+        try:
+            return resolve_device_target(self.device_target)
+        except ValueError as err:
+            raise ConfigError(f"context.device_target: {err}") from None
+
+
+def _at_least(section: str, values: dict, low: int) -> None:
+    for key, value in values.items():
+        if value < low:
+            raise ConfigError(f"{section}.{key} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -104,10 +146,40 @@ class RunnerConfig:
     gradient_accumulation_steps: int = 1
     stop_step: int = 0
 
+    def __post_init__(self):
+        _at_least("runner_config", {"epochs": self.epochs, "batch_size": self.batch_size,
+                                    "gradient_accumulation_steps": self.gradient_accumulation_steps}, 1)
+        _at_least("runner_config", {"stop_step": self.stop_step}, 0)
+
 
 @dataclass
 class ParallelConfig:
     data_parallel: Optional[int] = None
+
+
+@dataclass
+class ParallelSettings:
+    """MindFormers' `parallel` section (the keys of mindspore.set_auto_parallel_context eve-ms uses)."""
+
+    enable_parallel_optimizer: bool = False
+
+
+@dataclass
+class RecomputeConfig:
+    """MindFormers' `recompute_config`: `recompute` true (every decoder layer), false, or N (the first N layers)."""
+
+    recompute: Union[bool, int] = False
+
+    def __post_init__(self):
+        if not isinstance(self.recompute, (bool, int)) or (not isinstance(self.recompute, bool) and self.recompute < 0):
+            raise ConfigError(f"recompute_config.recompute must be true, false or a layer count >= 0, "
+                              f"got {self.recompute!r}")
+
+    def layers(self, num_layers: int) -> int:
+        """How many decoder layers, of `num_layers`, are recomputed."""
+        if isinstance(self.recompute, bool):
+            return num_layers if self.recompute else 0
+        return min(int(self.recompute), num_layers)
 
 
 @dataclass
@@ -117,6 +189,12 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     fused: bool = True
+
+    def __post_init__(self):
+        if self.type != "AdamW":
+            raise ConfigError(f"optimizer.type must be AdamW, got {self.type!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 < float(b) < 1.0 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in (0, 1), got {self.betas!r}")
 
 
 @dataclass
@@ -128,6 +206,12 @@ class LRScheduleConfig:
     warmup_lr_init: float = 0.0
     total_steps: int = -1
 
+    def __post_init__(self):
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"lr_schedule.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.total_steps == 0 or self.total_steps < -1:
+            raise ConfigError(f"lr_schedule.total_steps must be -1 (from the data) or positive, got {self.total_steps}")
+
 
 @dataclass
 class LossScaleConfig:
@@ -135,6 +219,15 @@ class LossScaleConfig:
     loss_scale_value: float = 65536.0
     scale_factor: int = 2
     scale_window: int = 1000
+
+    def __post_init__(self):
+        if self.type not in ("DynamicLossScaleUpdateCell", "FixedLossScaleUpdateCell"):
+            raise ConfigError(
+                "runner_wrapper.scale_sense.type must be DynamicLossScaleUpdateCell or FixedLossScaleUpdateCell, "
+                f"got {self.type!r}"
+            )
+        if self.loss_scale_value < 1:
+            raise ConfigError(f"runner_wrapper.scale_sense.loss_scale_value must be >= 1, got {self.loss_scale_value}")
 
 
 @dataclass
@@ -147,11 +240,35 @@ class WrapperConfig:
     max_grad_norm: float = 1.0
     scale_sense: LossScaleConfig = field(default_factory=LossScaleConfig)
 
+    def __post_init__(self):
+        if self.type != "EveTrainOneStepCell":
+            raise ConfigError(f"runner_wrapper.type must be EveTrainOneStepCell, got {self.type!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"runner_wrapper.compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        if self.amp_level not in AMP_LEVELS:
+            raise ConfigError(f"runner_wrapper.amp_level must be one of {AMP_LEVELS}, got {self.amp_level!r}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"runner_wrapper.max_grad_norm must be positive, got {self.max_grad_norm}")
+
+    def check_device(self, device: str) -> None:
+        """A ConfigError when `device` cannot train in `compute_dtype` (SUPPORTED_COMPUTE_DTYPES)."""
+        allowed = SUPPORTED_COMPUTE_DTYPES.get(device, ("float32",))
+        if self.compute_dtype not in allowed:
+            raise ConfigError(
+                f"runner_wrapper.compute_dtype {self.compute_dtype} cannot train on device {device} "
+                f"(it trains in {', '.join(allowed)}): set runner_wrapper.compute_dtype: float32, "
+                "or context.device_target to a device that has it"
+            )
+
 
 @dataclass
 class CheckpointConfig:
     save_checkpoint_steps: int = 100
     keep_checkpoint_max: int = 3
+
+    def __post_init__(self):
+        _at_least("checkpoint", {"save_checkpoint_steps": self.save_checkpoint_steps,
+                                 "keep_checkpoint_max": self.keep_checkpoint_max}, 1)
 
 
 @dataclass
@@ -159,6 +276,17 @@ class LoggingConfig:
     progress_bar: bool = True
     plot_at_end: bool = True
     tensorboard: bool = True  # TensorBoard event files beside train_log.jsonl (rank 0; `tensorboard --logdir OUT`)
+
+
+@dataclass
+class HealthConfig:
+    """Training-health checks (eve_ms.training.trainer.HealthMonitor)."""
+
+    stall_steps: int = 10  # warn when the loss is constant and the gradient norm 0 for this many steps (0: off)
+    stop_on_stall: bool = False  # and then stop the run with an error
+
+    def __post_init__(self):
+        _at_least("health", {"stall_steps": self.stall_steps}, 0)
 
 
 @dataclass
@@ -173,6 +301,16 @@ class LoraSettings:
     # full-match regex, e.g. [q_proj, v_proj]); a string: MindFormers' own regex, as is.
     target_modules: Optional[Union[list, str]] = None
 
+    def __post_init__(self):
+        if self.pet_type != "lora":
+            raise ConfigError(f"pet_config.pet_type must be lora, got {self.pet_type!r}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"pet_config.lora_rank must be at least 1, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"pet_config.lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"pet_config.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
 
 @dataclass
 class TrainConfig:
@@ -186,11 +324,14 @@ class TrainConfig:
     context: ContextConfig = field(default_factory=ContextConfig)
     runner_config: RunnerConfig = field(default_factory=RunnerConfig)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    recompute_config: RecomputeConfig = field(default_factory=RecomputeConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     runner_wrapper: WrapperConfig = field(default_factory=WrapperConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     pet_config: LoraSettings = field(default_factory=LoraSettings)
     model: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -200,61 +341,44 @@ class TrainConfig:
     yaml_text: str = field(default="", repr=False, compare=False)
 
     def validate(self) -> None:
+        """Checks across sections and of top-level keys; each section checks its own keys when built."""
         where = self.source
-        rc = self.runner_config
-        for key, value, low in (
-            ("runner_config.epochs", rc.epochs, 1),
-            ("runner_config.batch_size", rc.batch_size, 1),
-            ("runner_config.gradient_accumulation_steps", rc.gradient_accumulation_steps, 1),
-            ("runner_config.stop_step", rc.stop_step, 0),
-            ("checkpoint.save_checkpoint_steps", self.checkpoint.save_checkpoint_steps, 1),
-            ("checkpoint.keep_checkpoint_max", self.checkpoint.keep_checkpoint_max, 1),
-        ):
-            if value < low:
-                raise ConfigError(f"{key} must be at least {low}, got {value} in {where}")
         if self.run_mode not in ("train", "finetune"):
             raise ConfigError(f"run_mode must be train or finetune, got {self.run_mode!r} in {where}")
         if self.stage not in (0, 1, 2, 3):
             raise ConfigError(f"stage must be 0, 1, 2 or 3, got {self.stage!r} in {where}")
-        self.context.mode_name  # noqa: B018 - raises on a bad mode
-        opt = self.optimizer
-        if opt.type != "AdamW":
-            raise ConfigError(
-                f"optimizer.type must be AdamW, got {opt.type!r} in {where}"
-            )
-        if len(opt.betas) != 2 or not all(0.0 < float(b) < 1.0 for b in opt.betas):
-            raise ConfigError(f"optimizer.betas must be two numbers in (0, 1), got {opt.betas!r} in {where}")
-        lr = self.lr_schedule
-        if not 0.0 <= lr.warmup_ratio <= 1.0:
-            raise ConfigError(f"lr_schedule.warmup_ratio must be in [0, 1], got {lr.warmup_ratio} in {where}")
-        if lr.total_steps == 0 or lr.total_steps < -1:
-            raise ConfigError(f"lr_schedule.total_steps must be -1 (from the data) or positive, got {lr.total_steps}")
-        wrapper = self.runner_wrapper
-        if wrapper.type != "EveTrainOneStepCell":
-            raise ConfigError(f"runner_wrapper.type must be EveTrainOneStepCell, got {wrapper.type!r} in {where}")
-        if wrapper.compute_dtype not in COMPUTE_DTYPES:
-            raise ConfigError(
-                f"runner_wrapper.compute_dtype must be one of {COMPUTE_DTYPES}, "
-                f"got {wrapper.compute_dtype!r} in {where}"
-            )
-        if wrapper.amp_level not in AMP_LEVELS:
-            raise ConfigError(
-                f"runner_wrapper.amp_level must be one of {AMP_LEVELS}, got {wrapper.amp_level!r} in {where}"
-            )
-        if wrapper.max_grad_norm <= 0:
-            raise ConfigError(f"runner_wrapper.max_grad_norm must be positive, got {wrapper.max_grad_norm} in {where}")
-        scale = wrapper.scale_sense
-        if scale.type not in ("DynamicLossScaleUpdateCell", "FixedLossScaleUpdateCell"):
-            raise ConfigError(
-                "runner_wrapper.scale_sense.type must be DynamicLossScaleUpdateCell or FixedLossScaleUpdateCell, "
-                f"got {scale.type!r} in {where}"
-            )
-        if scale.loss_scale_value < 1:
-            raise ConfigError(f"runner_wrapper.scale_sense.loss_scale_value must be >= 1 in {where}")
-        if self.pet_config.pet_type != "lora":
-            raise ConfigError(f"pet_config.pet_type must be lora, got {self.pet_config.pet_type!r} in {where}")
+        self._check_parallel_optimizer()
         if ":" not in self.task:
             raise ConfigError(f"task must be 'module:function' or 'file.py:function', got {self.task!r} in {where}")
+        self._check_fused_ops()
+
+    def _check_parallel_optimizer(self) -> None:
+        """parallel.enable_parallel_optimizer needs the fused AdamW and the Ascend device target."""
+        if not self.parallel.enable_parallel_optimizer:
+            return
+        from eve_ms.runtime import resolve_device_target
+
+        device = resolve_device_target(self.context.device_target)
+        if not self.optimizer.fused:
+            raise ConfigError(f"parallel.enable_parallel_optimizer needs optimizer.fused: true (eve-ms's fused "
+                              f"AdamW takes part in MindSpore's optimizer parallel) in {self.source}")
+        if device != "Ascend":
+            # measured with MindSpore 2.9 on CPU under msrun (2 workers): nn.Optimizer raises
+            # RuntimeError 'parallel optimizer only supports "Ascend" in data parallel mode, but got CPU'
+            raise ConfigError(
+                f"parallel.enable_parallel_optimizer needs device target Ascend (this run's is {device}): "
+                f"MindSpore's optimizer parallel in data_parallel mode runs on Ascend only; in {self.source}"
+            )
+
+    def _check_fused_ops(self) -> None:
+        """llm.fused_ops: on needs the Ascend device target: say so now, before data or graph work."""
+        section = self.model.get("model_config", self.model) if isinstance(self.model, dict) else None
+        llm = section.get("llm") if isinstance(section, dict) else None
+        if isinstance(llm, dict) and llm.get("fused_ops") == "on":
+            from eve_ms.ops.fused import check_fused_ops_setting
+            from eve_ms.runtime import resolve_device_target
+
+            check_fused_ops_setting("on", resolve_device_target(self.context.device_target), self.source)
 
     @property
     def micro_batch_size(self) -> int:
@@ -281,6 +405,21 @@ def train_config_from_dict(data: dict, source: str = "<dict>", yaml_text: str = 
     return config
 
 
+def check_runnable(config: TrainConfig) -> None:
+    """What a config about to train here must also satisfy (a config stored in a checkpoint need not):
+    its compute dtype runs on this run's device, and the sections its task reads (model, data,
+    task_options) are valid; the Eve stages' task checks them all, whatever the stage uses
+    (`eve_ms.training.stages.check_config`), before any tokenizer, data or graph work."""
+    try:
+        config.runner_wrapper.check_device(config.context.device)
+    except ConfigError as err:
+        raise ConfigError(f"{config.source}: {err}") from None
+    if config.task == DEFAULT_TASK:
+        from eve_ms.training.stages import check_config
+
+        check_config(config)
+
+
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
     """Load the run yaml at `path` (relative paths inside stay relative to the working directory)."""
     path = os.fspath(path)
@@ -290,4 +429,6 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     own = yaml.safe_load(text)
     if isinstance(own, dict) and "base_config" in own:  # keep a self-contained text
         text = f"# {path} with its base_config resolved\n" + yaml.safe_dump(raw, sort_keys=False)
-    return train_config_from_dict(raw, path, text)
+    config = train_config_from_dict(raw, path, text)
+    check_runnable(config)
+    return config

@@ -20,15 +20,19 @@ import random
 import sys
 
 from eve_ms.config import ConfigError
-from eve_ms.training.checkpoint import CheckpointError
 from eve_ms.training.config import TrainConfig, load_train_config
-from eve_ms.training.trainer import TrainingError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run yaml (MindFormers layout, see eve_ms.training.config)")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest complete checkpoint in the output folder"
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true",
+        help="continue from the newest usable checkpoint in the output folder (an error if there is none)",
+    )
+    resume.add_argument(
+        "--resume-or-start", action="store_true",
+        help="continue from the newest usable checkpoint, or start at step 0 if there is none",
     )
     parser.add_argument("--output_dir", default=None, help="override the yaml's output_dir")
 
@@ -56,8 +60,23 @@ def resolve_task(spec: str):
     return getattr(module, function)
 
 
-def train(config: TrainConfig, resume: bool = False):
-    """Set up context and data parallelism, build the task, train; returns the Trainer."""
+GRAPH_DUMPS_DIR = "graph_dumps"
+_USER_OM_PATH = os.environ.get("MS_OM_PATH")  # a folder the user chose for MindSpore's dumps is kept
+
+
+def keep_graph_dumps_in(output_dir: str) -> str:
+    """Point MindSpore's graph-compile dumps (`rank_N/om/analyze_fail.ir`, by default under the working
+    directory) at `<output_dir>/graph_dumps` via $MS_OM_PATH, read when a compile fails; returns the folder."""
+    folder = _USER_OM_PATH or os.path.abspath(os.path.join(output_dir, GRAPH_DUMPS_DIR))
+    os.environ["MS_OM_PATH"] = folder
+    return folder
+
+
+def train(config: TrainConfig, resume: bool = False, start_if_none: bool = False):
+    """Set up context and data parallelism, build the task, train; returns the Trainer.
+
+    `resume`: continue from the newest usable checkpoint (an error if there is none, unless `start_if_none`).
+    """
     import mindspore as ms
     import numpy as np
 
@@ -65,7 +84,10 @@ def train(config: TrainConfig, resume: bool = False):
     from eve_ms.training.distributed import init_distributed
     from eve_ms.training.trainer import Trainer
 
-    os.environ.setdefault("LOG_MF_PATH", os.path.abspath(os.path.join(config.output_dir, "mindformers_log")))
+    from eve_ms.quiet import log_under
+
+    log_under(config.output_dir)  # framework logs go under the run's folder
+    keep_graph_dumps_in(config.output_dir)
     setup_context(config.context.device_target, config.context.mode_name, config.context.runtime_num_threads)
     dist = init_distributed()
     ms.set_seed(config.seed)
@@ -77,7 +99,7 @@ def train(config: TrainConfig, resume: bool = False):
             fh.write(config.yaml_text)
     task = resolve_task(config.task)(config, dist)
     trainer = Trainer(config, task, dist)
-    trainer.fit(resume=resume)
+    trainer.fit(resume=resume, start_if_none=start_if_none)
     if dist.is_main and config.logging.plot_at_end:
         from eve_ms.training.plots import plot_log
 
@@ -86,21 +108,21 @@ def train(config: TrainConfig, resume: bool = False):
 
 
 def run(args) -> int:
-    try:
-        config = load_train_config(args.config)
-        if args.output_dir:
-            config.output_dir = args.output_dir
-        train(config, resume=args.resume or config.resume_training)
-    except (ConfigError, CheckpointError, TrainingError) as err:
-        print(f"eve-ms train: error: {err}", file=sys.stderr)
-        return 1
+    """Errors reach the caller (eve_ms.cli.main, or `main` below), which prints them as one line."""
+    config = load_train_config(args.config)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    resume_or_start = getattr(args, "resume_or_start", False)
+    train(config, resume=args.resume or resume_or_start or config.resume_training, start_if_none=resume_or_start)
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="eve-ms train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`tools/run_eve.py` (and msrun workers): `eve-ms train` without the `eve-ms` front, same errors and flags."""
+    from eve_ms.cli import main as cli_main
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return cli_main(["train", *argv])
 
 
 if __name__ == "__main__":

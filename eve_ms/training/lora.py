@@ -9,8 +9,12 @@ and recurses only into children that do not match. Its LoRADense computes
 
     y = x W^T + b + scaling * dropout(x) A^T B^T,   scaling = lora_alpha / lora_rank
 
-in the dtype of the replaced layer's weight (so fp32 stays fp32 on CPU). The dropout is an
-`nn.Dropout`: identity when the network is in eval mode (`set_train(False)`).
+in the dtype of the replaced layer's weight (so fp32 stays fp32 on CPU). mindpet's dropout (an
+`nn.Dropout`) is replaced by `eve_ms.ops.seeded_dropout.SeededDropout` of the same rate, salted
+with the layer's place among the LoRA layers: its masks are a function of the run's seed, step
+and micro-batch (the trainer keys them), so runs reproduce and resume exactly, which MindSpore's
+`nn.Dropout` does not do on CPU (see that module). Both are the identity in eval mode
+(`set_train(False)`).
 
 `merge_lora(network)` replaces every LoRADense by an nn.Dense with weight W + scaling * B A
 and the same parameter names, so the merged network's output equals the LoRA network's
@@ -99,7 +103,9 @@ def apply_lora(network, scope: str, settings: LoraSettings) -> list[str]:
     LoraAdapter.get_pet_model(root, config)  # replaces children in place; renames root's params
 
     lora_cls = _lora_dense_class()
-    replaced = [path for path, cell in root.cells_and_names() if isinstance(cell, lora_cls)]
+    lora_cells = [(path, cell) for path, cell in root.cells_and_names() if isinstance(cell, lora_cls)]
+    replaced = [path for path, _ in lora_cells]
+    _seed_dropouts(lora_cells, settings.lora_dropout)
     missed = sorted(set(wanted) - set(replaced))
     if missed:
         raise ValueError(
@@ -115,6 +121,14 @@ def apply_lora(network, scope: str, settings: LoraSettings) -> list[str]:
             param.name = prefix + rel_name
             lora_names.append(param.name)
     return lora_names
+
+
+def _seed_dropouts(lora_cells, rate: float) -> None:
+    """Replace each LoRA layer's nn.Dropout by a SeededDropout of the same rate, salted by its index."""
+    from eve_ms.ops.seeded_dropout import SeededDropout
+
+    for salt, (_, cell) in enumerate(lora_cells):
+        cell.insert_child_to_cell("lora_dropout", SeededDropout(rate, salt=salt))
 
 
 def freeze_all_but(network, trainable_globs) -> list[str]:

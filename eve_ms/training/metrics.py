@@ -3,6 +3,9 @@
 Record keys (see `Trainer.train_step`): step, epoch, loss, aux_loss, lr, grad_norm,
 tokens_per_s, tokens, target_tokens, step_time_s, skipped, loss_scale, and
 token_success_rate {EVF layer name: rate} when the network reports routing statistics.
+Event records carry an `event` key and the step they follow: `data_report` (the loader's skip
+report, at the end of every epoch and of the run) and `training_health` (loss constant with a
+zero gradient norm); `read_log` leaves them out unless asked.
 Only rank 0 writes; a resumed run first drops the records after the step it resumes from,
 so the log reads as one uninterrupted run (TensorBoard hides them: `purge_step`).
 """
@@ -24,8 +27,9 @@ def _clean(value):
     return value
 
 
-def read_log(path: str) -> list[dict]:
-    """The records of a JSONL log; a torn last line (a killed writer) is ignored."""
+def read_log(path: str, events: bool = False) -> list[dict]:
+    """The step records of a JSONL log (with `events`, also the event records: {"event": ..., "step": ...},
+    e.g. data reports and training-health warnings); a torn last line (a killed writer) is ignored."""
     records = []
     with open(path, encoding="utf-8") as fh:
         lines = fh.read().splitlines()
@@ -33,11 +37,13 @@ def read_log(path: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 break
             raise ValueError(f"{path}:{number}: not a JSON record") from None
+        if events or "event" not in record:
+            records.append(record)
     return records
 
 
@@ -56,7 +62,7 @@ class MetricsLog:
             return
         if not os.path.exists(self.path):
             return
-        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step]
+        kept = [r for r in read_log(self.path, events=True) if r.get("step", 0) <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             for record in kept:

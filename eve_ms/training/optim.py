@@ -50,7 +50,13 @@ def fused_adamw_class():
         correction. With c1 = 1 - beta1^t and c2 = 1 - beta2^t at update t (1-based),
             lr' = lr sqrt(c2) / c1,   eps' = eps sqrt(c2),   decay' = decay c1 / sqrt(c2)
         make that lr (m/c1 / (sqrt(v/c2) + eps) + decay w): AdamW's step, decay on the old weights.
+
+        MindSpore's optimizer parallel (data_parallel mode, `parallel.enable_parallel_optimizer`) works as in
+        nn.AdamWeightDecay: `optim_filter` marks this rank's share of the weights, only those are updated, and
+        `broadcast_params` sends each share from its owner to every rank. Without it the filter is all True.
         """
+
+        _support_parallel_optimizer = True
 
         def __init__(self, params, learning_rate, betas, eps, weight_decay):
             super().__init__(learning_rate, params)  # the decay is ours (folded above), not the base class's
@@ -72,9 +78,13 @@ def fused_adamw_class():
             eps = self.eps * root_c2
             decay = self.decay * c1 / root_c2
             done = True
-            for param, m, v, grad in zip(self._parameters, self.moments1, self.moments2, gradients):
-                out = self.update(param, m, v, step_lr, self.beta1, self.beta2, eps, decay, grad)
-                done = ops.depend(done, out)
+            for param, m, v, grad, mine in zip(self._parameters, self.moments1, self.moments2, gradients,
+                                               self.optim_filter):
+                if mine:
+                    out = self.update(param, m, v, step_lr, self.beta1, self.beta2, eps, decay, grad)
+                    done = ops.depend(done, out)
+            if self.use_parallel:
+                self.broadcast_params(done)
             return done
 
     return FusedAdamW

@@ -103,6 +103,12 @@ class StageLoader:
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state)
 
+    def take_reports(self) -> list[dict]:
+        return self.loader.take_reports()
+
+    def finish_report(self, reason: str = "run ended") -> list[dict]:
+        return self.loader.finish_report(reason)
+
     def prepare(self, batch: dict, epoch: int, local_index: int) -> dict:
         """`batch` (the loader's keys) -> the stage network's batch, for micro-batch `local_index` of this rank."""
         batch = dict(batch)

@@ -13,6 +13,11 @@ and converts the dense FFNs (`convert_dense_to_evf`); a checkpoint without LoRA 
 stage 2's `merged/`) is loaded as it is. The router starts normal(0, `router_init_std`), seeded
 by the run's `seed`, so a resumed run rebuilds the same frozen model.
 
+The start checkpoint's `model_config.yaml` (when `load_checkpoint` has one) is the source of the
+architecture: a run yaml that differs from it on any model field is a ConfigError at load naming
+each field and both values, except the sections the stage builds anew (`STAGE_MAY_CHANGE`: `evf`,
+and stage 1's `adapter`).
+
 `load_checkpoint` names an eve-ms checkpoint directory (its `model.safetensors` is read) or a
 safetensors weights file. Loading is strict: a missing file names the path, a tensor the
 network needs but the file lacks, one of the wrong shape, or one the network has no place for
@@ -49,7 +54,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from eve_ms.checkpoint_dir import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, save_eve_checkpoint
-from eve_ms.config import ConfigError, EveConfig, EVFConfig, from_dict, save_eve_config
+from eve_ms.config import ConfigError, EveConfig, EVFConfig, from_dict, load_eve_config, save_eve_config, to_dict
 from eve_ms.data.config import DataConfig
 from eve_ms.models.evf import ROUTER_INIT_STD
 from eve_ms.training import checkpoint as ckpt
@@ -64,6 +69,11 @@ MERGED_DIR = "merged"  # stage 2: the LoRA-merged checkpoint directory inside ou
 LORA_SCOPE = "llm"
 LORA_EXCLUDED = ("lm_head",)  # left out of the default LoRA targets
 MODEL_ARCH = "EveForCausalLM"
+# Model config sections a stage builds anew, so they may differ from its start checkpoint's
+# model_config.yaml: EVF (stage 3 turns it on; before it, the section only travels along) and
+# stage 1's adapter (it starts from random). Every other field describes the loaded weights.
+STAGE_MAY_CHANGE = {0: ("evf",), 1: ("evf", "adapter"), 2: ("evf",), 3: ("evf",)}
+INIT_ONLY_FIELDS = ("llm.embedding_init_std",)  # how random weights start: nothing about loaded ones
 
 
 @dataclass
@@ -103,6 +113,7 @@ def model_config(config: TrainConfig) -> EveConfig:
     if not section:
         raise ConfigError(f"{config.source} has no model section (model.model_config with the EveConfig keys)")
     eve = from_dict(EveConfig, section, config.source, "model.model_config")
+    _check_start_architecture(config, eve)
     if config.stage == 3:
         if not eve.evf.enabled:
             raise ConfigError(f"stage 3 needs model.model_config.evf.enabled: true in {config.source}")
@@ -118,6 +129,56 @@ def model_config(config: TrainConfig) -> EveConfig:
             "(stage 3 turns FFNs into EVF layers)"
         )
     return eve
+
+
+def start_model_config(load_checkpoint: str | None) -> tuple[str | None, EveConfig | None]:
+    """(path, config) of the start checkpoint's model_config.yaml; (None, None) when it has none (yet)."""
+    if not load_checkpoint:
+        return None, None
+    folder = load_checkpoint if os.path.isdir(load_checkpoint) else os.path.dirname(load_checkpoint)
+    path = os.path.join(folder, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None, None
+    return path, load_eve_config(path)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_start_architecture(config: TrainConfig, eve: EveConfig) -> None:
+    """The start checkpoint's model_config.yaml is the source of the architecture: a run yaml that says
+    otherwise on any field (but those the stage may change) is an error naming each field and both values."""
+    path, start = start_model_config(config.load_checkpoint)
+    if start is None:
+        return
+    changeable = STAGE_MAY_CHANGE.get(config.stage, ())
+    ours, theirs = _leaves(to_dict(eve)), _leaves(to_dict(start))
+    differ = [
+        key for key in sorted(set(ours) | set(theirs))
+        if ours.get(key) != theirs.get(key) and key.split(".")[0] not in changeable and key not in INIT_ONLY_FIELDS
+    ]
+    if differ:
+        listed = "; ".join(f"model.model_config.{key} is {ours.get(key)!r} in {config.source} but "
+                           f"{theirs.get(key)!r} in {path}" for key in differ)
+        raise ConfigError(
+            f"{listed}: the start checkpoint's weights were built with its model_config.yaml; "
+            "set the run yaml's value(s) to the checkpoint's"
+        )
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every section the stage task reads (model, task_options, data), checked when the yaml loads, before any
+    tokenizer, data or graph work; a section the stage does not use is checked all the same."""
+    eve = model_config(config)
+    stage_options(config)
+    data_config(config, eve)
 
 
 def data_config(config: TrainConfig, eve: EveConfig) -> DataConfig:
@@ -297,6 +358,7 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
     eve = model_config(config)
     options = stage_options(config)
     data = data_config(config, eve)
+    data.check_data_path()  # before the slow part: tokenizer, model
     weights = init_weights_file(config.load_checkpoint, stage)
     if weights and os.path.abspath(os.path.dirname(weights)) == os.path.abspath(config.output_dir):
         raise ConfigError(
@@ -311,10 +373,12 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
             f"{eve.llm.vocab_size} in {config.source}"
         )
 
-    model, eve = build_stage_model(config, log)
-    network = EveTrainNetwork(model)
+    # The data is indexed before the model is built, so a bad data file is reported in seconds; it
+    # reads only the image size/statistics and image token count, which the built model must share.
     loader = build_loader(data, eve, tokenizer, dist.rank, dist.world_size, config.grad_accum,
                           batch_size=config.micro_batch_size)
+    model, eve = build_stage_model(config, log)
+    network = EveTrainNetwork(model)
     if stage == 0 and loader.index.has_image.any():
         raise ConfigError(
             f"stage 0 pretrains the LLM on text-only data, but {data.data_path} has "
@@ -329,6 +393,7 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
         count_tokens=lambda batch: int(np.asarray(batch["attention_mask"]).sum()),
         stat_names=tuple(f"layer_{i}" for i in evf_layers),
         eval_cells=("model.vision_tower",),
+        layer_cells=tuple(f"model.llm.model.layers.{i}" for i in range(eve.llm.num_layers)),
         finish=_finish(eve, tokenizer, stage),
         metadata={"stage_name": STAGE_NAMES[stage]},
     )

@@ -38,22 +38,15 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from eve_ms.config import IGNORE_INDEX
+from eve_ms.ops.seeded_dropout import set_random_key
+from eve_ms.errors import EveError
 from eve_ms.training import checkpoint as ckpt
 from eve_ms.training.config import TrainConfig
 from eve_ms.training.distributed import DistInfo, all_reduce_sum
 from eve_ms.training.metrics import MetricsLog, ProgressBar, TensorBoardLog
 from eve_ms.training.optim import build_lr_schedule, build_optimizer, lr_at, optimizer_state
 
-# Which compute dtypes each device target trains in. float16 on CPU runs for networks whose
-# ops have CPU float16 kernels (plain Dense/activation nets do); bfloat16 matmuls do not exist there.
-SUPPORTED_COMPUTE_DTYPES = {
-    "CPU": ("float32", "float16"),
-    "GPU": ("float32", "float16", "bfloat16"),
-    "Ascend": ("float32", "float16", "bfloat16"),
-}
-
-
-class TrainingError(RuntimeError):
+class TrainingError(EveError, RuntimeError):
     """Training cannot go on: bad task set-up, an inconsistent batch, or a broken step."""
 
 
@@ -111,6 +104,8 @@ class TrainTask:
     count_tokens: Optional[Callable[[dict], int]] = None
     stat_names: Sequence[str] = ()  # names of the routing_stats entries (EVF layers)
     eval_cells: Sequence[str] = ()  # sub-cells kept in eval mode while training (frozen BatchNorm)
+    # the decoder layers, first to last, that `recompute_config.recompute` recomputes (the first N of them)
+    layer_cells: Sequence[str] = ()
     # hook(trainer, step) after a step's gradients are all-reduced, before the update
     hooks: Sequence[Callable] = ()
     # finish(trainer) on every rank after the final weights are written (e.g. the files that make
@@ -283,7 +278,10 @@ class Trainer:
         self.params = [p for p in self.network.get_parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the network has no trainable parameter (every requires_grad is False)")
-        self.compute_dtype = self._check_precision(config.runner_wrapper.compute_dtype)
+        self.recomputed = self._apply_recompute(config.recompute_config)
+        self._set_optimizer_parallel(config.parallel.enable_parallel_optimizer)
+        # which device trains in which dtype is checked when the yaml loads (WrapperConfig.check_device)
+        self.compute_dtype = config.runner_wrapper.compute_dtype
         train_net = self.network
         if self.compute_dtype != "float32":
             dtype = ms.float16 if self.compute_dtype == "float16" else ms.bfloat16
@@ -313,17 +311,35 @@ class Trainer:
 
     # ----------------------------------------------------------------- set-up helpers
 
-    def _check_precision(self, dtype: str) -> str:
-        from eve_ms.runtime import current_device_target
+    def _apply_recompute(self, recompute) -> list:
+        """MindSpore recompute (`Cell.recompute()`) on the first N of `task.layer_cells`; returns their paths.
 
-        device = current_device_target()
-        allowed = SUPPORTED_COMPUTE_DTYPES.get(device, ("float32",))
-        if dtype not in allowed:
-            raise TrainingError(
-                f"runner_wrapper.compute_dtype {dtype} is not supported on device {device} "
-                f"(supported there: {', '.join(allowed)})"
-            )
-        return dtype
+        A recomputed layer keeps only its input and output from forward to backward and runs its forward
+        again in the backward pass: less activation memory, about one more forward of those layers.
+        `use_reentrant=False` (PyNative only; graph mode ignores it): the reentrant form re-differentiates the
+        layer's forward and fails on the EVF layer's custom allocation kernel ("Custom's bprop not defined")."""
+        from eve_ms.training.lora import sub_cell
+
+        cells = list(self.task.layer_cells)
+        count = recompute.layers(len(cells))
+        if recompute.recompute is not False and recompute.recompute != 0 and not cells:
+            raise TrainingError("recompute_config.recompute is set but the task names no decoder layers "
+                                "(TrainTask.layer_cells)")
+        for path in cells[:count]:
+            sub_cell(self.network, path).recompute(use_reentrant=False)
+        return cells[:count]
+
+    def _set_optimizer_parallel(self, enabled: bool) -> None:
+        """MindSpore's optimizer parallel in data_parallel mode (set before the optimizer is built).
+
+        The optimizer (nn.AdamWeightDecay) then updates this rank's share of the weights and broadcasts them;
+        TrainConfig.validate refuses it off Ascend, where MindSpore raises."""
+        if not enabled or self.dist.world_size == 1:
+            return
+        import mindspore as ms
+
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, enable_parallel_optimizer=True,
+                                     device_num=self.dist.world_size)
 
     def _next_micro_batch(self) -> dict:
         if self._iterator is None:
@@ -366,6 +382,8 @@ class Trainer:
         stats_sum = None
         for index, (batch, count) in enumerate(zip(batches, counts)):
             inputs = [self._to_tensor(batch, key, step) for key in self.task.input_keys]
+            # random ops draw from (seed, step, global micro-batch index) alone: runs repeat and resume exactly
+            set_random_key(self.config.seed, step, index * self.dist.world_size + self.dist.rank)
             out_loss, out_n, out_aux, out_stats = self._micro(*inputs, inv_n, aux_w, scale)
             micro_loss = float(out_loss.asnumpy())
             if not math.isfinite(micro_loss):
@@ -475,11 +493,17 @@ class Trainer:
         }
         return self.checkpoints.save(self.step, self.state_tensors(), metadata)
 
-    def resume(self) -> bool:
-        """Continue from the newest intact checkpoint in the output folder; False if there is none."""
+    def resume(self, start_if_none: bool = False) -> bool:
+        """Continue from the newest intact checkpoint in the output folder.
+
+        With none usable, a CheckpointError lists what was found and why each was rejected; with
+        `start_if_none` (`--resume-or-start`) the run starts at step 0 instead and False is returned.
+        """
         state = self.checkpoints.newest_valid()
         if state is None:
-            self.log(f"no checkpoint to resume from in {self.checkpoints.directory}; starting at step 0")
+            if not start_if_none:
+                raise self.checkpoints.no_usable_checkpoint()
+            self.log(f"no usable checkpoint to resume from in {self.checkpoints.directory}; starting at step 0")
             return False
         if int(state.metadata.get("global_batch", self.global_batch)) != self.global_batch:
             raise TrainingError(
@@ -513,12 +537,24 @@ class Trainer:
         ckpt.save_weights(self.network, path, meta)
         return path
 
+    def _log_data_reports(self, finish: str | None = None) -> None:
+        """Write the loader's data reports (end of an epoch; with `finish`, the run's unfinished epoch) to the log."""
+        loader = self.task.loader
+        take = getattr(loader, "finish_report", None) if finish else getattr(loader, "take_reports", None)
+        if take is None:
+            return
+        for report in take(finish) if finish else take():
+            self.metrics.write({"step": self.step, **report})
+
     # ----------------------------------------------------------------- the loop
 
-    def fit(self, resume: bool = False) -> list[dict]:
-        """Train to the last step, checkpointing on the way; returns this process's step records."""
+    def fit(self, resume: bool = False, start_if_none: bool = False) -> list[dict]:
+        """Train to the last step, checkpointing on the way; returns this process's step records.
+
+        `resume`: continue from the newest usable checkpoint (an error if there is none, unless `start_if_none`).
+        """
         if resume:
-            self.resume()
+            self.resume(start_if_none)
         elif self.checkpoints.checkpoints():
             self.log(
                 f"warning: {self.checkpoints.directory} holds checkpoints of an earlier run; this run starts at "
@@ -541,6 +577,8 @@ class Trainer:
                                purge_step=self.step + 1)
         records = []
         save_every = self.config.checkpoint.save_checkpoint_steps
+        health = HealthMonitor(self.config.health, self.log)
+        ended = "error"
         try:
             while self.step < self.last_step:
                 batches = [self._next_micro_batch() for _ in range(self.accum_steps)]
@@ -549,23 +587,78 @@ class Trainer:
                 self.metrics.write(record)
                 board.write(record)
                 bar.update(record)
+                self._log_data_reports()
                 if self.step % save_every == 0 or self.step == self.last_step:
                     self.save_checkpoint()
+                event = health.check(record)
+                if event is not None:
+                    self.metrics.write(event)
+                    if event["stop"]:
+                        raise TrainingError(event["message"] + "; stopped (health.stop_on_stall is true)")
+            ended = "stop step" if self.last_step < self.total_steps else "run ended"
+        except KeyboardInterrupt:
+            ended = "interrupted"
+            raise
         finally:
             bar.close()
             board.close()
+            try:
+                self._log_data_reports(finish=ended)
+            except Exception:  # noqa: BLE001 - never hide the error that ended the run
+                if ended != "error":
+                    raise
         self.save_weights()
         if self.task.finish is not None:
             self.task.finish(self)
         return records
 
 
+class HealthMonitor:
+    """Training health: the loss constant and the gradient norm exactly 0 for `stall_steps` steps in a row.
+
+    That is a run that no longer learns (e.g. a learning rate so large that the first updates
+    saturated every activation); it is reported once per stall, as a warning line and a
+    `training_health` log event, and with `stop_on_stall` it ends the run.
+    """
+
+    def __init__(self, config, log=print):
+        self.config, self.log = config, log
+        self.streak, self.loss, self.warned = 0, None, False
+
+    def check(self, record: dict) -> Optional[dict]:
+        """The event to log after this step's record, or None."""
+        if self.config.stall_steps <= 0:
+            return None
+        loss, norm = record["loss"], record["grad_norm"]
+        if norm == 0.0 and self.loss is not None and abs(loss - self.loss) <= 1e-6 * max(1.0, abs(loss)):
+            self.streak += 1
+        elif norm == 0.0:
+            self.streak, self.loss = 1, loss
+        else:
+            self.streak, self.loss, self.warned = 0, None, False
+        if self.streak < self.config.stall_steps or self.warned:
+            return None
+        self.warned = True
+        first = record["step"] - self.streak + 1
+        message = (f"training health: the loss has stayed at {loss:.6g} with a gradient norm of exactly 0 for "
+                   f"{self.streak} steps (steps {first}..{record['step']}): the model is not learning; check "
+                   f"lr_schedule.learning_rate (now {record['lr']:.3g}) and the data's labels")
+        self.log(f"warning: {message}")
+        return {"event": "training_health", "step": record["step"], "stalled_steps": self.streak,
+                "loss": loss, "message": message, "stop": bool(self.config.stop_on_stall)}
+
+
 def _rng_state() -> dict:
+    """numpy's, Python's and MindSpore's global generator states (for random draws a task makes itself;
+    the trainer's own random ops are keyed per micro-batch, see `set_random_key`)."""
+    import mindspore as ms
+
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "mindspore": ms.get_rng_state().asnumpy().tolist(),
     }
 
 
@@ -576,3 +669,7 @@ def _set_rng_state(state: dict) -> None:
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
+    if "mindspore" in state:
+        import mindspore as ms
+
+        ms.set_rng_state(ms.Tensor(np.asarray(state["mindspore"], np.uint8)))

@@ -75,13 +75,27 @@ def test_component_folders_load_the_same_weights_as_the_hugging_face_folders(hf,
 
 
 def test_round_trip_through_eve_gives_hugging_face_back_its_model(hf, assembled, tmp_path):
+    from transformers import AutoTokenizer
+
+    from eve_ms.data.tokenizer import encode_with_offsets, load_tokenizer, special_ids
+
     out, _ = assembled
-    assert main(["convert", "to-hf-llm", "--src", str(out), "--out", str(tmp_path / "hf")]) == 0
+    umask = os.umask(0o022)  # a usual user's umask
+    try:
+        assert main(["convert", "to-hf-llm", "--src", str(out), "--out", str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(umask)
     exported = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     original = hf["llama"].state_dict()
     for name, value in exported.state_dict().items():
         torch.testing.assert_close(value, original[name], rtol=0, atol=0, msg=name)
     assert (tmp_path / "hf" / "tokenizer.json").exists()
+    assert oct(os.stat(tmp_path / "hf" / "model.safetensors").st_mode & 0o777) == oct(0o644)  # world-readable
+    # transformers' tokenizer gives the ids eve-ms trains on: <s> first, special-token strings kept as text
+    ours = load_tokenizer(os.path.join(str(out), "tokenizer"))
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in ("a tiny corpus", "tiny <s> tokenizer </s> for"):
+        assert theirs(text)["input_ids"] == [special_ids(ours).bos] + encode_with_offsets(ours, text)[0], text
 
 
 def test_internlm_layout_loads_with_zero_o_proj_bias(tmp_path):

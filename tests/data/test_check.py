@@ -96,5 +96,6 @@ def test_malformed_jsonl_lines_are_counted_and_checking_goes_on(capsys, tmp_path
 
 
 def test_tokenizer_without_image_token_count_is_refused(capsys, shapes_data, tokenizer_dir):
-    code, out = check(capsys, shapes_data[0], "--tokenizer", tokenizer_dir)
-    assert code == 2 and "--num-image-tokens" in out
+    code = main(["data", "check", shapes_data[0], "--tokenizer", tokenizer_dir])
+    err = capsys.readouterr().err
+    assert code == 2 and "--num-image-tokens" in err and len(err.strip().splitlines()) == 1

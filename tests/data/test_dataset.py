@@ -363,3 +363,103 @@ def test_stage_one_captions_with_the_plain_template(tmp_path, make_dataset):
             assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == caption + "\n"
             first = int(np.flatnonzero(labels != IGNORE_INDEX)[0])
             assert first == 1 + N_IMG  # bos, then the image, then the caption
+
+
+def test_the_epoch_report_comes_with_its_last_batch_and_a_stopped_run_reports_its_part(tmp_path, shapes_data):
+    path, folder = write_bad_dataset(tmp_path, shapes_data, list(LOAD_TIME_BAD.values()))
+    logged = []
+    loader = make_loader((path, folder, shapes_data[2]), log=logged.append)
+    batches = iter(loader)
+    for _ in range(loader.steps_per_epoch):
+        next(batches)
+    # the trainer never asks for the batch after the last one when the run ends with the epoch
+    assert len(logged) == 1 and "data report, epoch 0 (rank 0)" in logged[0]
+    (record,) = loader.take_reports()
+    assert record["event"] == "data_report" and record["complete"] and record["skipped"] == loader.report.num_skipped
+    assert loader.finish_report() == [] and len(logged) == 1  # nothing is reported twice
+
+    stopped = make_loader((path, folder, shapes_data[2]), log=logged.append)
+    partial = iter(stopped)
+    next(partial)
+    next(partial)
+    (record,) = stopped.finish_report("stop step")
+    assert not record["complete"] and record["micro_batches"] == [0, 2]
+    assert "micro-batches 0..1, stop step mid-epoch" in logged[-1]
+
+
+def test_a_worker_error_keeps_its_message_and_type(tmp_path, shapes_data):
+    path, folder = write_bad_dataset(tmp_path, shapes_data, [LOAD_TIME_BAD["missing_image"]])
+    loader = make_loader((path, folder, shapes_data[2]), skip_bad_samples=False, backend="mindspore", num_workers=2)
+    with pytest.raises(DataError) as info:
+        epoch_batches(loader)
+    message = str(info.value)
+    assert "Traceback" not in message and "\n" not in message
+    assert path in message and "sample id 'bad-missing'" in message and "missing_image" in message
+    assert "data.skip_bad_samples is false" in message
+
+
+def _fuzzed_file(tmp_path, shapes_data, seed=11):
+    """JSONL records of every kind of problem (and of none), plus malformed and non-UTF-8 lines."""
+    data_path, folder, _ = shapes_data
+    good = json.load(open(data_path))
+    for record in good:
+        if "image" in record:
+            record["image"] = os.path.join(folder, record["image"])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    rng = np.random.default_rng(seed)
+
+    def mutate(record, kind):
+        record = json.loads(json.dumps(record))
+        turns = record["conversations"]
+        if kind == "drop_conversations":
+            del record["conversations"]
+        elif kind == "bad_role":
+            turns[0]["from"] = "robot"
+        elif kind == "tag_in_reply":
+            turns[1]["value"] += " <image>"
+        elif kind == "two_tags":
+            turns[0]["value"] = "<image> <image> " + turns[0]["value"]
+        elif kind == "missing_image":
+            record["image"] = "gone.png"
+        elif kind == "broken_image":
+            record["image"] = str(tmp_path / "broken.png")
+        elif kind == "too_long":
+            turns[0]["value"] = "word " * int(rng.integers(20, 200)) + turns[0]["value"]
+        elif kind == "gpt_first":
+            record["conversations"] = [{"from": "gpt", "value": "hello"}] + turns
+        elif kind == "no_reply":
+            record["conversations"] = turns[:1]
+        return record
+
+    kinds = ["good", "drop_conversations", "bad_role", "tag_in_reply", "two_tags", "missing_image", "broken_image",
+             "too_long", "gpt_first", "no_reply"]
+    lines = []
+    for i in range(60):
+        record = mutate(good[int(rng.integers(len(good)))], kinds[int(rng.integers(len(kinds)))])
+        record["id"] = f"fuzz-{i}"
+        lines.append(json.dumps(record).encode("utf-8"))
+    for position, raw in ((7, b'{"id": "cut", "conversations": ['), (23, b'{"id": "caf\xe9", "conversations": []}')):
+        lines.insert(position, raw)
+    path = tmp_path / "fuzzed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path), folder
+
+
+def test_data_check_and_training_flag_the_same_samples_of_a_fuzzed_file(tmp_path, shapes_data):
+    from eve_ms.data.check import check_dataset
+    from eve_ms.data.report import SKIP_REASONS
+    from eve_ms.data.samples import SampleEncoder
+    from eve_ms.data.templates import get_template
+
+    path, folder = _fuzzed_file(tmp_path, shapes_data)
+    loader = make_loader((path, folder, shapes_data[2]), batch_size=1, max_reported_ids=1000)
+    epoch_batches(loader)
+    trained = {(code, ref) for code, refs in loader.last_report.refs.items() if code in SKIP_REASONS for ref in refs}
+
+    encoder = SampleEncoder(get_template("v1"), shapes_data[2], num_image_tokens=N_IMG, max_length=160,
+                            image_processor=PROC, image_folder=folder)
+    checked = check_dataset(path, encoder, max_ids=1000).report
+    flagged = {(code, ref) for code, refs in checked.refs.items() if code in SKIP_REASONS for ref in refs}
+    assert len({code for code, _ in flagged}) >= 8  # the fuzzing reached most kinds of problem
+    assert ("invalid_utf8", "line 24") in flagged and ("malformed_json", "line 8") in flagged
+    assert flagged == trained

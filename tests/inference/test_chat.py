@@ -62,3 +62,17 @@ def test_interactive_loop_answers_each_line_and_survives_a_bad_image(checkpoint_
     assert len(answers) == 2 and all(line.startswith("ASSISTANT: ") for line in answers)
     assert answers[0] == "ASSISTANT: " + expected_answer(evf_model, tokenizer, "What is in the picture?")
     assert "image file not found: /no/such/picture.png" in result.stderr
+
+
+def test_the_answer_budget_is_fitted_to_the_context_with_a_note(evf_model, tokenizer, capsys):
+    """The default --max-new-tokens (256) exceeds the tiny model's 160 positions: the answer gets what is left."""
+    from eve_ms.inference.chat import ChatSession
+
+    positions = evf_model.config.llm.max_position_embeddings
+    session = ChatSession(Generator(evf_model, tokenizer), evf_model.config, "v1", GenerationConfig(max_new_tokens=256))
+    _, ids, generation = session._fitting_prompt("What is in the picture?")
+    assert generation.max_new_tokens == positions - len(ids) and 0 < len(ids) < positions
+    note = capsys.readouterr().err
+    assert f"the prompt takes {len(ids)} of the model's {positions} positions" in note and "at most" in note
+    with pytest.raises(ValueError, match="shorten the prompt"):
+        session._fitting_prompt("word " * 400)

@@ -126,6 +126,34 @@ def test_sampling_is_reproducible_with_a_seed_and_stays_in_the_top_k_support(evf
             assert token in np.argsort(-logits)[:3]
 
 
+def test_per_prompt_configs_give_each_prompt_its_tokens_alone_and_cancelled_prompts_stop(evf_model, tokenizer):
+    """What `eve-ms serve` batches: each prompt's own limit, stop strings and seeded sampling; a cancel."""
+    generator = Generator(evf_model, tokenizer)
+    prompts = [prompt(tokenizer, evf_model, "Hello"), prompt(tokenizer, evf_model, "What?", True),
+               prompt(tokenizer, evf_model, "The answer is")]
+    pixels = [None, image_pixels(4), None]
+    configs = [GenerationConfig(max_new_tokens=3, temperature=1.5, seed=1),
+               GenerationConfig(max_new_tokens=2, temperature=1.5, top_k=5, seed=2),
+               GenerationConfig(max_new_tokens=4)]
+    batched = generator.generate(prompts, pixels, configs=configs)
+    for ids, image, config, together in zip(prompts, pixels, configs, batched):
+        alone = generator.generate([ids], [image], config)[0]
+        np.testing.assert_array_equal(together.token_ids, alone.token_ids)
+        assert together.text == alone.text and together.finish_reason == alone.finish_reason
+
+    polls = []
+
+    def cancelled(index):
+        polls.append(index)
+        return index == 0 and polls.count(0) > 2  # prompt 0 stops before its third step
+
+    out = generator.generate(prompts[::2], None, configs=[GenerationConfig(max_new_tokens=6)] * 2, cancelled=cancelled)
+    assert out[0].finish_reason == "cancelled" and len(out[0].token_ids) == 2
+    assert out[1].finish_reason in ("length", "eos") and 1 in polls
+    with pytest.raises(ValueError, match="config or configs"):
+        generator.generate(prompts[:1], None, GenerationConfig(), configs=[GenerationConfig()])
+
+
 def test_evf_mode_follows_the_image_the_request_and_the_model_mode(tokenizer, evf_model):
     generator = Generator(evf_model, tokenizer)
     assert generator.evf_mode_for(has_image=True) == "multimodal"

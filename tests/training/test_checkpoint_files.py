@@ -70,6 +70,19 @@ def test_corrupt_tensor_is_detected_and_named(tmp_path):
         read_safetensors(path)
 
 
+@pytest.mark.parametrize("edit", [(b'"step":"3"', b'"step":"5"'), (b'samples_seen\\": 12', b'samples_seen\\": 18'),
+                                  (b'"shape":[4,3]', b'"shape":[3,4]')], ids=["step", "data position", "shape"])
+def test_an_edited_header_is_detected(tmp_path, edit):
+    """The header (step, data position, config, tensor entries) is covered by its own checksum."""
+    path = tmp_path / "h.safetensors"
+    write_safetensors(str(path), _tensors(), {"step": "3", "data_state": '{"epoch": 0, "samples_seen": 12}'})
+    raw = path.read_bytes()
+    assert raw.count(edit[0]) == 1 and len(edit[0]) == len(edit[1])
+    path.write_bytes(raw.replace(*edit))
+    with pytest.raises(CheckpointError, match="corrupt header"):
+        read_safetensors(str(path))
+
+
 def test_a_killed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     path = str(tmp_path / "w.safetensors")
     write_safetensors(path, _tensors(0))

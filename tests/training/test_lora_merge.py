@@ -114,3 +114,14 @@ def test_lora_reaches_pangu_pi_pro_layers_second_gate_and_attention_shortcut():
     assert np.abs(adapted - before).max() > 1e-4
     merge_lora(net)
     np.testing.assert_allclose(net(ids).asnumpy(), adapted, atol=1e-5)
+
+
+def test_lora_layers_drop_with_seeded_dropouts_of_the_configured_rate():
+    from eve_ms.training.lora import _lora_dense_class
+
+    network = ToyLM()
+    apply_lora(network, "llm", LoraSettings(lora_rank=2, lora_alpha=4, lora_dropout=0.05))
+    layers = [cell for _, cell in network.cells_and_names() if isinstance(cell, _lora_dense_class())]
+    assert len(layers) == 5  # 2 x (up, down) + head
+    assert [(type(c.lora_dropout).__name__, c.lora_dropout.p, c.lora_dropout.salt) for c in layers] == [
+        ("SeededDropout", 0.05, salt) for salt in range(5)]

@@ -9,6 +9,7 @@ wrapped to record every parameter as built, so the tests compare before and afte
 import glob
 import os
 import runpy
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -162,8 +163,10 @@ def test_stage_outputs_are_checkpoint_directories_handing_down_the_tokenizer(cha
     assert len(load_tokenizer(os.path.join(chain.outputs[3], "tokenizer"))) == 512
     for stage in (0, 1, 3):
         load_eve_checkpoint(chain.outputs[stage], load_tokenizer=False)  # strict: loads as a plain Eve model
-    with pytest.raises(CheckpointError, match="mindpet_delta_lora"):
-        load_eve_checkpoint(chain.outputs[2], load_tokenizer=False)  # un-merged LoRA weights
+    merged = os.path.join(chain.outputs[2], "merged")
+    with pytest.raises(ConfigError, match=f"unmerged LoRA weights; use {merged}"):
+        load_eve_checkpoint(chain.outputs[2], load_tokenizer=False)  # un-merged LoRA weights: says which folder
+    load_eve_checkpoint(merged, load_tokenizer=False)
     log = read_log(os.path.join(chain.outputs[3], "train_log.jsonl"))
     for record in log:
         rates = record["token_success_rate"]
@@ -229,17 +232,35 @@ def test_missing_init_checkpoint_is_an_error_naming_the_path(chain, tmp_path, ca
     assert f"load_checkpoint not found: {missing}" in capsys.readouterr().err
 
 
+def _without_model_config(directory, tmp_path):
+    """A copy of checkpoint `directory` without model_config.yaml (a bare weights folder: only tensors are checked)."""
+    copy = str(tmp_path / "bare_checkpoint")
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("model_config.yaml"))
+    return copy
+
+
 def test_mismatched_init_checkpoint_is_an_error_naming_the_tensor(chain, tmp_path):
     path = write_stage_yaml(tmp_path / "s1.yaml", "stage1.yaml", output_dir=str(tmp_path / "out"),
-                            load_checkpoint=chain.outputs[0], data={"data_path": chain.data["captions"]},
+                            load_checkpoint=_without_model_config(chain.outputs[0], tmp_path),
+                            data={"data_path": chain.data["captions"]},
                             model={"model_config": {"llm": {"num_layers": 2, "hidden_size": 32}}})
     with pytest.raises(CheckpointError, match=r"tensor 'llm\.model\.embed_tokens\.weight' has shape \[512, 64\]"):
         stages.build_stage_model(load_train_config(path), log=lambda *a: None)
 
 
-def test_a_tokenizer_larger_than_the_vocabulary_is_an_error(chain, tmp_path):
+def test_a_run_yaml_disagreeing_with_the_checkpoints_architecture_is_an_error_naming_field_and_values(chain, tmp_path):
     path = write_stage_yaml(tmp_path / "s1.yaml", "stage1.yaml", output_dir=str(tmp_path / "out"),
                             load_checkpoint=chain.outputs[0], data={"data_path": chain.data["captions"]},
+                            model={"model_config": {"llm": {"num_layers": 2, "hidden_size": 32}}})
+    with pytest.raises(ConfigError, match=r"model\.model_config\.llm\.hidden_size is 32 in .*s1\.yaml but 64 in "
+                                          r".*stage0.model_config\.yaml"):
+        load_train_config(path)
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_an_error(chain, tmp_path):
+    path = write_stage_yaml(tmp_path / "s1.yaml", "stage1.yaml", output_dir=str(tmp_path / "out"),
+                            load_checkpoint=_without_model_config(chain.outputs[0], tmp_path),
+                            data={"data_path": chain.data["captions"]},
                             model={"model_config": {"llm": {"num_layers": 2, "vocab_size": 300}}})
     with pytest.raises(ConfigError, match="has 512 tokens but model llm.vocab_size is 300"):
         stages.build_stage(load_train_config(path), DistInfo())

@@ -29,7 +29,7 @@ RUN_YAML = textwrap.dedent(
       scale_sense: {type: DynamicLossScaleUpdateCell, loss_scale_value: 65536, scale_factor: 2, scale_window: 1000}
     checkpoint: {save_checkpoint_steps: 500, keep_checkpoint_max: 2}
     pet_config: {pet_type: lora, lora_rank: 128, lora_alpha: 256, lora_dropout: 0.05}
-    model: {model_config: {type: EveConfig}}
+    model: {model_config: {type: EveConfig, vision: {backbone: siglip}}}
     data: {data_path: llava_v1_5_mix665k.json}
     """
 )
@@ -80,7 +80,7 @@ def test_bad_run_yaml_is_an_error_naming_the_key(tmp_path, text, message):
 def test_train_command_reports_a_bad_config_and_fails(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("stage: 4\n")
-    assert cli_main(["train", "--config", str(path)]) == 1
+    assert cli_main(["train", "--config", str(path)]) == 2  # a config error is a usage error
     assert "stage must be 0, 1, 2 or 3" in capsys.readouterr().err
 
 

@@ -156,5 +156,6 @@ def build(config, dist) -> TrainTask:
         count_targets=count_targets,
         count_tokens=lambda b: int(np.asarray(b["labels"]).size),
         stat_names=("layer_0", "layer_1"),
+        layer_cells=("llm.layers.0", "llm.layers.1"),
         hooks=hooks,
     )

@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 @dataclasses.dataclass
 class Metric:
-    """One number of the report. `target` is a comparison such as '<= 1.6'; `met` is None without one."""
+    """One number of the report. `target` is a comparison such as '<= 1.6' or a range '0.8..1.25'; `met` is None
+    without one."""
 
     suite: str
     name: str
@@ -33,6 +34,9 @@ class Metric:
     def met(self) -> Optional[bool]:
         if not self.target:
             return None
+        if ".." in self.target:  # a range 'low..high', both ends included
+            low, high = (float(x) for x in self.target.split(".."))
+            return bool(low <= self.value <= high) if math.isfinite(self.value) else False
         op, bound = self.target.split()
         bound = float(bound)
         checks = {"<=": self.value <= bound, ">=": self.value >= bound, "<": self.value < bound,

@@ -101,12 +101,14 @@ class TrainerStep:
         return record
 
 
-def stage_step(preset: str, stage: int, seed: int = 0) -> TrainerStep:
-    """The run's eve-ms step for (preset, stage), built once (suites share it and its compiled graphs)."""
+def stage_step(preset: str, stage: int, seed: int = 0, batch_size: int | None = None) -> TrainerStep:
+    """The run's eve-ms step for (preset, stage), built once (suites share it and its compiled graphs);
+    `batch_size` None: the preset's."""
+    spec = PRESETS[preset]
+    batch_size = batch_size or spec["batch_size"]
 
     def build():
         network, config = build_stage_network(preset, stage, seed)
-        spec = PRESETS[preset]
-        return TrainerStep(network, synthetic_batch(config, spec["batch_size"], spec["seq_len"], seed), stage)
+        return TrainerStep(network, synthetic_batch(config, batch_size, spec["seq_len"], seed), stage)
 
-    return shared(("mindspore", preset, stage, seed), build)
+    return shared(("mindspore", preset, stage, seed, batch_size), build)

@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default="graph", choices=("graph", "pynative"))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="micro-batch (default: the preset's)")
     parser.add_argument("--pynative-sync", action="store_true")
     args = parser.parse_args(argv)
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     if args.pynative_sync:
         ms.set_context(pynative_synchronize=True)
     baseline = rss_bytes()
-    step = stage_step(args.preset, args.stage)
+    step = stage_step(args.preset, args.stage, batch_size=args.batch_size)
     built = rss_bytes()
     start = time.perf_counter()
     step(args.mode)

@@ -30,9 +30,11 @@ PROBE = Path(__file__).resolve().parent / "step_probe.py"
 
 
 def _probe_command(preset: str, stage: int, mode: str = "graph", steps: int = 2, pynative_sync: bool = False,
-                   threads: int | None = None) -> list:
+                   threads: int | None = None, batch_size: int | None = None) -> list:
     cmd = [sys.executable, str(PROBE), "--preset", preset, "--stage", str(stage), "--mode", mode,
            "--steps", str(steps)]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
     if pynative_sync:
         cmd.append("--pynative-sync")
     if threads:

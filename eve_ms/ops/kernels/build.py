@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from eve_ms.errors import EveError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ HEADERS = ("aot_extra.h", "allocation_common.h")
 FALLBACK_HINT = "set `evf.kernel: composed` in the model config to use the MindSpore composed ops instead"
 
 
-class KernelBuildError(RuntimeError):
+class KernelBuildError(EveError, RuntimeError):
     """A native kernel could not be built; the message names the fallback."""
 
 

@@ -1,0 +1,92 @@
+"""Suite `plan`: `eve-ms plan`'s predictions for a step against what the same step measures on this machine.
+
+Memory: for the tiny and small presets, stages 2 and 3 (the steps `step_probe.py` runs, in fresh
+processes), the planner's memory (every part but the device reserve; float32 on CPU) against the
+measured peak resident memory of the steps above the process's baseline (imports and context, before
+the model is built): what the model, its optimizer and its steps add to the bare process. The planner
+knows nothing of CPU processes, so the baseline is left out of both sides; the whole-process ratio is
+printed beside it. The small preset's stage-3 step is also measured at twice the micro-batch: the
+difference cancels what does not depend on the batch (compiled graphs, runtime), leaving activations,
+logits and buffers against the planner's.
+
+FLOPs: the planner's forward + backward FLOPs of the stage-3 step against an independent count, the
+floor suite's list of the step's matrix products and attention cores (`floor_suite.stage3_products`,
+written for the floor benchmark from what MindSpore's profiler counts in the real step).
+"""
+from __future__ import annotations
+
+from benchmarks.common import LORA, PRESETS, Report, eve_config
+
+SIZES = {"default": {"presets": ("tiny", "small"), "steps": 2, "doubled": "small"},
+         "quick": {"presets": ("tiny",), "steps": 1, "doubled": None}}
+MEMORY_TARGET = "0.8..1.25"
+
+
+def bench_spec(preset: str, stage: int, batch_size: int | None = None):
+    """The planner's `StageSpec` of the benchmark's step (benchmarks.ms_steps): float32, LoRA on every nn.Dense."""
+    from eve_ms.plan.inventory import llm_denses
+    from eve_ms.plan.stage import StageSpec
+
+    config = eve_config(preset, evf=stage == 3)
+    spec = PRESETS[preset]
+    names = sorted({d.role.rsplit(".", 1)[-1] for d in llm_denses(config)})  # apply_lora(None): every nn.Dense
+    return StageSpec(stage=stage, model=config, micro_batch=batch_size or spec["batch_size"], grad_accum=1,
+                     seq_len=spec["seq_len"], compute_dtype="float32", lora_rank=LORA["lora_rank"],
+                     lora_dropout=LORA["lora_dropout"], lora_targets=names)
+
+
+def planned_flops(preset: str, stage: int) -> float:
+    from eve_ms.plan.step import StepModel
+
+    step = StepModel(bench_spec(preset, stage))
+    return step.forward_flops + step.backward_flops
+
+
+def independent_flops(preset: str) -> float:
+    """Stage-3 FLOPs from the floor suite's product list (2 m k n per GEMM; 4 / 12 heads x S^2 x d per core)."""
+    from benchmarks.floor_suite import stage3_products
+
+    spec = PRESETS[preset]
+    gemms, attention = stage3_products(eve_config(preset, evf=True), spec["batch_size"], spec["seq_len"])
+    flops = 2 * sum(g.m * g.k * g.n * max(g.batch, 1) for g in gemms)
+    flops += 2 * sum(2 * a.heads * a.length**2 * a.head_dim * (3 if a.backward else 1) for a in attention)
+    return float(flops)
+
+
+def run(size: str, report: Report) -> None:
+    from benchmarks.train_suite import probe_many
+    from eve_ms.plan.memory import memory_parts
+
+    spec = SIZES[size]
+    configs = [(preset, stage) for preset in spec["presets"] for stage in (2, 3)]
+    doubled = spec["doubled"]
+    probes = [dict(preset=p, stage=s, steps=spec["steps"]) for p, s in configs]
+    if doubled:  # the same step at twice the micro-batch: what the batch-dependent memory adds
+        probes.append(dict(preset=doubled, stage=3, steps=spec["steps"], batch_size=2 * PRESETS[doubled]["batch_size"]))
+    measured = probe_many(probes)
+    for (preset, stage), result in zip(configs, measured):
+        parts = memory_parts(bench_spec(preset, stage))
+        predicted = parts["total"] - parts["framework_reserve"]
+        above = result["peak_step_rss"] - result["baseline_rss"]
+        tag = f"{preset},stage{stage}"
+        biggest = sorted(((v, k) for k, v in parts.items() if k not in ("total", "framework_reserve")), reverse=True)
+        report.add(f"plan_memory_over_measured[{tag}]", predicted / above, "x", MEMORY_TARGET,
+                   note=f"planned {predicted / 2**20:.0f} MiB (largest: "
+                        + ", ".join(f"{k} {v / 2**20:.0f}" for v, k in biggest[:3])
+                        + f"); measured peak above baseline {above / 2**20:.0f} MiB")
+        report.add(f"plan_memory_over_measured_whole_process[{tag}]",
+                   (predicted + result["baseline_rss"]) / result["peak_step_rss"], "x",
+                   note=f"process baseline {result['baseline_rss'] / 2**20:.0f} MiB on both sides")
+    if doubled:
+        batch = PRESETS[doubled]["batch_size"]
+        single = dict(zip(configs, measured))[(doubled, 3)]
+        planned = (memory_parts(bench_spec(doubled, 3, 2 * batch))["total"]
+                   - memory_parts(bench_spec(doubled, 3))["total"])
+        grown = measured[-1]["peak_step_rss"] - single["peak_step_rss"]
+        report.add(f"plan_batch_memory_over_measured[{doubled},stage3,{batch}->{2 * batch}]", planned / grown, "x",
+                   MEMORY_TARGET, note=f"planned {planned / 2**20:.0f} MiB more for {batch} more sequences, measured "
+                                       f"{grown / 2**20:.0f} MiB (the fixed graph and runtime overhead cancels)")
+    for preset in spec["presets"]:
+        planned, counted = planned_flops(preset, 3), independent_flops(preset)
+        report.add(f"plan_flops_over_independent[{preset},stage3]", planned / counted, "x", "0.95..1.05",
+                   note=f"planned {planned / 1e9:.2f} GFLOP, floor suite's products {counted / 1e9:.2f} GFLOP")
