@@ -10,7 +10,7 @@ Suites (all by default, in this order; the code of each is in tools/benchmarks/)
 | evf | EVF layer forward+backward over the dense FFN, T=4096, H=512, C=1.5 | <= 1.6x (padded bound 1.5x) |
 | train | training-step tokens/s of stages 1-3, tiny and small presets, graph / PyNative / PyTorch; compile time; EVF overhead; peak memory of stages 2 and 3 | eve-ms >= 0.5x PyTorch; stage-3 memory <= 1.15x stage 2 |
 | floor | stage-3 step over the same GEMMs and attention alone; raw 1024x256x688 GEMM | <= 1.25x |
-| inference | language-only stage-3 forward over dense; KV-cache generation, prefill and decode | within 2% |
+| inference | language-only stage-3 forward over dense; KV-cache generation beside transformers' generate and the decode floor; eve-ms eval questions/s | within 2%; decode >= 0.5x transformers, <= 2x floor; prefill >= 0.5x |
 | data | LlavaLoader samples/s beside the training step's | loader faster than the step |
 | plan | `eve-ms plan`'s memory of stage-2/3 steps (tiny, small) over their measured peak RSS; its FLOPs over an independent count | memory 0.8-1.25x; FLOPs 0.95-1.05x |
 

@@ -8,14 +8,16 @@ IMAGE_TOKEN_INDEX (as `eve_ms.data.encode_prompt` builds them), with its pixels 
 a text-only prompt has no image tokens and no pixels.
 
 Two compiled steps do the work, each a cell of its own so graph mode compiles them (one graph
-per input shape; PyNative runs the same cells eagerly):
+per input shape; PyNative runs the same cells eagerly), both over a `KVCache` of the batch's
+shape (eve_ms/models/kv_cache.py: per-layer Parameters written in place, kept for reuse by shape):
 - prefill: the left-padded prompts through `embed_inputs` (image tokens spliced, modality
-  mask) into an empty cache of M = prompt + max_new_tokens slots; returns the last position's
-  logits;
+  mask) into an emptied cache of M = prompt + max_new_tokens slots;
 - decode: one text token per sample (is_image False) at cache slot `cache_position`.
-The next token is chosen on the host (`sampling.next_tokens`), so seeds reproduce everywhere;
-stop strings are checked on the decoded text (`streaming.ReplyText`), which also yields the
-pieces a `stream(index, text)` callback receives.
+Each returns the greedy next tokens (argmax in the graph) and the last position's logits.
+Greedy decoding reads back only the tokens; sampling chooses on the host from the logits
+(`sampling.next_tokens`), so seeds reproduce everywhere. Stop strings are checked on the
+decoded text (`streaming.ReplyText`), which also yields the pieces a `stream(index, text)`
+callback receives.
 
 EVF routing: a batch is split into its image prompts and its text-only prompts, generated
 separately. Text-only prompts run the EVF layers in language_only mode (language FFN on every
@@ -42,41 +44,48 @@ from mindspore import Tensor, nn, ops
 from eve_ms.config import IMAGE_TOKEN_INDEX
 from eve_ms.inference.sampling import GenerationConfig, next_tokens
 from eve_ms.inference.streaming import ReplyText
+from eve_ms.models.kv_cache import CacheCells, KVCache, greedy_token
 
 FINISH_REASONS = ("eos", "stop_string", "length", "cancelled")
 
 
 class PrefillStep(nn.Cell):
-    """Prompts [B, S] (+ pixels) into empty caches -> (last-position logits [B, V] float32, caches)."""
+    """Prompts [B, S] (+ pixels) into the emptied cache -> (greedy tokens [B] int32, last logits [B, V] float32)."""
 
-    def __init__(self, model):
+    def __init__(self, model, cache: KVCache):
         super().__init__(auto_prefix=False)  # keep the model's parameter names
         self.model = model
+        self.cache = cache
         self.has_evf = model.llm.num_evf_layers > 0
 
-    def construct(self, input_ids, attention_mask, key_cache, value_cache, routing_noise, pixel_values=None):
+    def construct(self, input_ids, attention_mask, routing_noise, pixel_values=None):
         embeds, is_image = self.model.embed_inputs(input_ids, pixel_values)
         noise = routing_noise if self.has_evf else None
-        logits, key_cache, value_cache = self.model.llm.forward_step(
-            embeds, attention_mask, ops.zeros((), ms.int32), key_cache, value_cache, is_image, noise
+        logits, _, _ = self.model.llm.forward_step(
+            embeds, attention_mask, ops.zeros((), ms.int32), self.cache.keys, self.cache.values, is_image, noise,
+            last_only=True
         )
-        return logits[:, -1].astype(ms.float32), key_cache, value_cache
+        last = logits[:, -1].astype(ms.float32)
+        return greedy_token(last), last
 
 
 class DecodeStep(nn.Cell):
-    """One text token per sample [B, 1] at `cache_position` -> (logits [B, V] float32, caches)."""
+    """One text token per sample [B, 1] at `cache_position` -> (greedy tokens [B] int32, logits [B, V] float32)."""
 
-    def __init__(self, model):
+    def __init__(self, model, cache: KVCache):
         super().__init__(auto_prefix=False)
         self.model = model
+        self.cache = cache
         self.has_evf = model.llm.num_evf_layers > 0
 
-    def construct(self, token_ids, attention_mask, cache_position, key_cache, value_cache, routing_noise):
+    def construct(self, token_ids, attention_mask, cache_position, routing_noise):
         noise = routing_noise if self.has_evf else None
-        logits, key_cache, value_cache = self.model.llm.forward_step(
-            self.model.llm.embed(token_ids), attention_mask, cache_position, key_cache, value_cache, None, noise
+        logits, _, _ = self.model.llm.forward_step(
+            self.model.llm.embed(token_ids), attention_mask, cache_position, self.cache.keys, self.cache.values,
+            None, noise
         )
-        return logits[:, -1].astype(ms.float32), key_cache, value_cache
+        last = logits[:, -1].astype(ms.float32)
+        return greedy_token(last), last
 
 
 @dataclass
@@ -119,7 +128,7 @@ class Generator:
 
             ids = special_ids(tokenizer)
             self.eos_token_id, self.pad_token_id = ids.eos, ids.pad
-        self._cells: dict = {}
+        self._cells = CacheCells(model.config.llm, model.llm.model.embed_tokens.weight.dtype, self._make_cell)
         model.set_train(False)
 
     # ------------------------------------------------------------------ modes
@@ -145,11 +154,13 @@ class Generator:
             for layer in self.evf_layers:
                 layer.set_mode(self.model_mode)
 
-    def _cell(self, kind: str, mode: Optional[str], with_image: bool = False):
-        key = (kind, mode, with_image)
-        if key not in self._cells:
-            self._cells[key] = PrefillStep(self.model) if kind == "prefill" else DecodeStep(self.model)
-        return self._cells[key]
+    def _make_cell(self, cache: KVCache, key: tuple):
+        kind = key[0]  # (kind, mode, with_image): each EVF mode gets cells of its own (graph mode compiles it in)
+        return PrefillStep(self.model, cache) if kind == "prefill" else DecodeStep(self.model, cache)
+
+    def _cell(self, kind: str, mode: Optional[str], batch: int, slots: int, with_image: bool = False):
+        """(step cell, its KVCache) for this batch shape."""
+        return self._cells.get(batch, slots, (kind, mode, with_image))
 
     # ------------------------------------------------------------------ generation
 
@@ -290,12 +301,15 @@ class Generator:
         reasons: list = [None] * batch
 
         with self.evf_mode(mode):
-            key_cache, value_cache = self.model.llm.init_cache(batch, slots)
-            args = [Tensor(ids), Tensor(mask), key_cache, value_cache, self._routing_noise(noise_rng, batch, length)]
+            prefill, cache = self._cell("prefill", mode, batch, slots, pixels is not None)
+            decode, _ = self._cell("decode", mode, batch, slots)
+            cache.reset()
+            args = [Tensor(ids), Tensor(mask), self._routing_noise(noise_rng, batch, length)]
             if pixels is not None:
                 args.append(Tensor(np.stack(pixels).astype(np.float32)))
-            logits, key_cache, value_cache = self._cell("prefill", mode, pixels is not None)(*args)
-            decode = self._cell("decode", mode)
+            greedy, logits = prefill(*args)
+            all_greedy = all(c.greedy for c in configs)  # then the graph's argmax is every row's token
+            read_logits = keep_logits or not all_greedy
             for step in range(steps):
                 if cancelled is not None:
                     for row in range(batch):
@@ -303,8 +317,9 @@ class Generator:
                             reasons[row] = "cancelled"
                     if all(reasons):
                         break
-                step_logits = logits.asnumpy()
-                tokens = self._next_tokens(step_logits, configs, rngs, np.array([r is None for r in reasons]))
+                step_logits = logits.asnumpy() if read_logits else None
+                tokens = (greedy.asnumpy() if all_greedy
+                          else self._next_tokens(step_logits, configs, rngs, np.array([r is None for r in reasons])))
                 for row in range(batch):
                     if reasons[row] is None:
                         if keep_logits:
@@ -317,9 +332,9 @@ class Generator:
                     break
                 mask[active, length + step] = 1
                 step_tokens = np.where(active, tokens, self.pad_token_id).astype(np.int32)
-                logits, key_cache, value_cache = decode(
-                    Tensor(step_tokens[:, None]), Tensor(mask), Tensor(length + step, ms.int32), key_cache,
-                    value_cache, self._routing_noise(noise_rng, batch, 1),
+                greedy, logits = decode(
+                    Tensor(step_tokens[:, None]), Tensor(mask), Tensor(length + step, ms.int32),
+                    self._routing_noise(noise_rng, batch, 1),
                 )
 
         outputs = []

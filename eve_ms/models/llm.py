@@ -286,13 +286,18 @@ class Attention(nn.Cell):
 
 
 def _write_cache(cache, new, start):
-    """Copy new [B, n, S, D] into cache [B, n, M, D] at slots start .. start + S - 1 (by gather, exact)."""
-    slots = cache.shape[2]
-    length = new.shape[2]
-    offset = ops.arange(slots, dtype=ms.int32) - start
-    inside = ops.logical_and(offset >= 0, offset < length)
-    source = ops.gather(new, ops.clip(offset, 0, length - 1), 2)
-    return ops.where(inside.reshape(1, 1, slots, 1), source, cache)
+    """Write new [B, n, S, D] into cache [B, n, M, D] at slots start .. start + S - 1, in place; returns the cache.
+
+    A ScatterNdUpdate moves only the S new slots: on a cache Parameter (`eve_ms.models.kv_cache`)
+    nothing else of the cache is copied, and the write persists across calls."""
+    b, n, length, _ = new.shape
+    shape = (b, n, length, 1)
+    index = ops.concat((
+        ops.broadcast_to(ops.arange(b, dtype=ms.int32).reshape(b, 1, 1, 1), shape),
+        ops.broadcast_to(ops.arange(n, dtype=ms.int32).reshape(1, n, 1, 1), shape),
+        ops.broadcast_to((ops.arange(length, dtype=ms.int32) + start).reshape(1, 1, length, 1), shape),
+    ), -1)
+    return ops.scatter_nd_update(cache, index, new.astype(cache.dtype))
 
 
 class AttentionShortcut(nn.Cell):
@@ -385,7 +390,8 @@ class Decoder(nn.Cell):
         """x [B, S, H] -> (hidden [B, S, H], key caches, value caches, aux_loss, routing_stats).
 
         With `key_cache`/`value_cache` ([L, B, n_kv, M, D]) the returned caches are the updated
-        ones; without, None.
+        ones; without, None. Caches may also be per-layer tuples of [B, n_kv, M, D] (a `KVCache`'s
+        Parameters): they are written in place and returned as they came.
         """
         b, s = position_ids.shape
         cos = ops.gather(self.rope_cos, position_ids, 0).astype(x.dtype).reshape(b, 1, s, -1)
@@ -394,8 +400,10 @@ class Decoder(nn.Cell):
         # per-layer views by unstacking: indexing the stacked tensor (cache[i]) is a StridedSlice that
         # MindSpore's CPU kernel runs ~20x slower, and it dominated the time of a decoding step
         noises = ops.unstack(routing_noise, 0) if self.evf_layer_indices else ()
-        key_layers = ops.unstack(key_cache, 0) if key_cache is not None else ()
-        value_layers = ops.unstack(value_cache, 0) if key_cache is not None else ()
+        per_layer = isinstance(key_cache, (tuple, list))
+        key_layers, value_layers = (key_cache, value_cache) if per_layer else ((), ())
+        if key_cache is not None and not per_layer:
+            key_layers, value_layers = ops.unstack(key_cache, 0), ops.unstack(value_cache, 0)
         evf_index = 0
         for i, layer in enumerate(self.layers):
             noise = None
@@ -423,6 +431,8 @@ class Decoder(nn.Cell):
             routing_stats = ops.zeros((0, 0), ms.float32)
         if key_cache is None:
             return x, None, None, aux_loss, routing_stats
+        if per_layer:
+            return x, tuple(keys), tuple(values), aux_loss, routing_stats
         return x, ops.stack(keys), ops.stack(values), aux_loss, routing_stats
 
 
@@ -561,7 +571,7 @@ class LLM(nn.Cell):
         return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
 
     def forward_step(self, inputs_embeds, attention_mask, cache_position, key_cache, value_cache,
-                     is_image=None, routing_noise=None):
+                     is_image=None, routing_noise=None, last_only=False):
         """Run S new tokens against the cache: a prefill (S = prompt length) or a decode step (S = 1).
 
         inputs_embeds [B, S, H] go to cache slots cache_position .. cache_position + S - 1
@@ -570,8 +580,12 @@ class LLM(nn.Cell):
         real slots at or before its own; its position id is the count of real slots before it.
         is_image [B, S], routing_noise [num_evf_layers, B, S] as in `forward_embeds`.
         The caller keeps cache_position + S <= M (a tensor value, so it cannot be checked here).
+        The caches are stacked [L, B, n_kv, M, D] tensors (`init_cache`), or per-layer tuples of
+        Parameters (`eve_ms.models.kv_cache.KVCache`), written in place.
 
-        Returns (logits [B, S, V], key_cache, value_cache) with the new keys and values written.
+        Returns (logits [B, S, V], key_cache, value_cache) with the new keys and values written;
+        with `last_only` (a Python bool) the logits of the last position only, [B, 1, V]: a
+        prefill that only needs the next token skips the LM head on the other S - 1 positions.
         """
         b, s, _ = inputs_embeds.shape
         m = attention_mask.shape[1]
@@ -588,6 +602,8 @@ class LLM(nn.Cell):
             inputs_embeds, position_ids, _mask_bias(allowed), is_image, valid, routing_noise, key_cache, value_cache,
             start
         )
+        if last_only:
+            hidden = hidden[:, -1:]
         return self._logits(hidden), key_cache, value_cache
 
 
@@ -602,37 +618,55 @@ class LLMDecodeStep(nn.Cell):
         return self.llm.forward_step(self.llm.embed(input_ids), attention_mask, cache_position, key_cache, value_cache)
 
 
-def greedy_generate(step: LLMDecodeStep, input_ids, attention_mask, max_new_tokens: int,
-                    eos_token_id: int | None = None, pad_token_id: int = 0) -> np.ndarray:
+def greedy_generate(step, input_ids, attention_mask, max_new_tokens: int, eos_token_id: int | None = None,
+                    pad_token_id: int = 0, timings: list | None = None) -> np.ndarray:
     """Greedy decoding with a static KV cache: returns the new tokens [B, max_new_tokens] (numpy).
 
-    input_ids, attention_mask [B, S] (numpy or tensors); prompts of different lengths are
-    left-padded. After a sample emits `eos_token_id`, its remaining tokens are `pad_token_id`.
+    step: an `LLMDecodeStep` or the `LLM` itself. input_ids, attention_mask [B, S] (numpy or
+    tensors); prompts of different lengths are left-padded. After a sample emits `eos_token_id`,
+    its remaining tokens are `pad_token_id`. The LLM runs as a `kv_cache.CachedLMStep`: the cache
+    stays in Parameters written in place and the argmax is taken in the graph, so a step hands
+    back B token ids; the cache and compiled cell of each (batch, length) shape are kept on `step`
+    for its next call. `timings`, when given, gets the seconds of each call (prefill first),
+    token read-back included.
     """
+    import time
+
+    from eve_ms.models.kv_cache import CacheCells, CachedLMStep
+
+    llm = step.llm if isinstance(step, LLMDecodeStep) else step
     ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, Tensor) else input_ids).astype(np.int32)
     prompt_mask = attention_mask.asnumpy() if isinstance(attention_mask, Tensor) else attention_mask
     b, s = ids.shape
     total = s + max_new_tokens
     mask = np.zeros((b, total), np.int32)
     mask[:, :s] = np.asarray(prompt_mask, np.int32)
-    key_cache, value_cache = step.llm.init_cache(b, total)
-    logits, key_cache, value_cache = step(
-        Tensor(ids), Tensor(mask), Tensor(0, ms.int32), key_cache, value_cache
-    )
+    cells = step.__dict__.get("_greedy_cells")
+    if cells is None:
+        cells = CacheCells(llm.config, llm.model.embed_tokens.weight.dtype, lambda cache, _: CachedLMStep(llm, cache))
+        step.__dict__["_greedy_cells"] = cells
+    cell, cache = cells.get(b, total)
+    cache.reset()
+
+    def call(*args):
+        start = time.perf_counter()
+        token = cell(*args)[0].asnumpy()
+        if timings is not None:
+            timings.append(time.perf_counter() - start)
+        return token
+
+    token = call(Tensor(ids), Tensor(mask), Tensor(0, ms.int32))
     out = np.full((b, max_new_tokens), pad_token_id, np.int32)
     finished = np.zeros(b, bool)
     for t in range(max_new_tokens):
-        token = logits.asnumpy()[:, -1].argmax(-1).astype(np.int32)
-        token = np.where(finished, pad_token_id, token)
+        token = np.where(finished, pad_token_id, token).astype(np.int32)
         out[:, t] = token
         if eos_token_id is not None:
             finished |= token == eos_token_id
         if t == max_new_tokens - 1 or finished.all():
             break
         mask[:, s + t] = 1
-        logits, key_cache, value_cache = step(
-            Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32), key_cache, value_cache
-        )
+        token = call(Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32))
     return out
 
 
