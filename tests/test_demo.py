@@ -123,8 +123,8 @@ def test_claims_from_measurements_over_seeds():
     def run(vqa, language):
         return {"vqa": {"accuracy": vqa, "by_type": {}}, "language": {"accuracy": language}}
 
-    def routing(success, start):
-        runs = {f"r{i}": {"mean_success": {"layer_0": s}} for i, s in enumerate(success)}
+    def routing(variant, success, start):
+        runs = {pipeline.run_name(variant, i): {"mean_success": {"layer_0": s}} for i, s in enumerate(success)}
         return {"runs": runs, "mean_success": {"layer_0": report.mean_sd(success)},
                 "start_over_capacity": {"layer_0": report.mean_sd(start)}}
 
@@ -137,9 +137,9 @@ def test_claims_from_measurements_over_seeds():
             results[pipeline.run_name(variant, seed)] = run(score, language)
     summary = {"results": results, "plan": {"seeds": [0, 1, 2], "evaluated": list(vqa)},
                "language_only_bit_identity": {"bit_identical": True},
-               "routing": {"img_gbpr": routing([1.0, 1.0, 1.0], [0, 0, 0]),
-                           "gbpr": routing([0.8, 0.9, 1.0], [0.2, 0.1, 0.0]),
-                           "random": routing([0.8, 0.8, 0.8], [0.25, 0.2, 0.15])}}
+               "routing": {"img_gbpr": routing("img_gbpr", [1.0, 1.0, 1.0], [0, 0, 0]),
+                           "gbpr": routing("gbpr", [0.8, 0.9, 1.0], [0.2, 0.1, 0.0]),
+                           "random": routing("random", [0.8, 0.8, 0.8], [0.25, 0.2, 0.15])}}
     claims = report.check_claims(summary)
     assert claims["lora_keeps_language"] == {"value": pytest.approx(-0.02), "sd": None, "met": True}
     assert claims["evf_keeps_language"] == {"value": 0.0, "sd": 0.0, "met": True}
