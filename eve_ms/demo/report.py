@@ -325,8 +325,8 @@ def plot_all(summary: dict, out_dir: str) -> list[str]:
     written.append(plot_token_success(summary, plots))
 
     names = ["stage1", "stage2"] + list(summary["variants"])
-    means = [summary["results"][n]["vqa"]["accuracy"] if n.startswith("stage") else summary["variants"][n]["vqa"]["mean"]
-             for n in names]
+    means = [summary["results"][n]["vqa"]["accuracy"] if n.startswith("stage")
+             else summary["variants"][n]["vqa"]["mean"] for n in names]
     sds = [0.0 if n.startswith("stage") else (summary["variants"][n]["vqa"]["sd"] or 0.0) for n in names]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(range(len(names)), means, yerr=sds, capsize=4)
