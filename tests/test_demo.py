@@ -1,6 +1,6 @@
 """`eve-ms demo --quick` end to end: the report's fields and the claims, as the run measured them.
 
-One quick run (about three minutes on a 2-core CPU) is shared by every test in this module.
+One quick run (about three minutes on a 2-core CPU) is shared by the tests that need it.
 """
 import json
 import os
@@ -28,10 +28,10 @@ def test_report_files_and_fields(quick_run):
         path = os.path.join(out, "plots", name)
         assert os.path.getsize(path) > 1000, path
     markdown = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    assert "| run | VQA acc |" in markdown and "chance" in markdown
+    assert "| run | seeds | VQA acc |" in markdown and "| claim | value | sd | met |" in markdown
 
     results = summary["results"]
-    assert set(results) == {"stage0", "stage1", "stage2", "stage3"}  # quick: no ablations
+    assert set(results) == {"stage0", "stage1", "stage2", "stage3"}  # quick: the Random run is routing only
     for name in ("stage1", "stage2", "stage3"):
         vqa = results[name]["vqa"]
         assert 0.0 <= vqa["accuracy"] <= 1.0
@@ -42,43 +42,118 @@ def test_report_files_and_fields(quick_run):
         assert np.isfinite(language["loss"])
     # stage 0 stands in for a pretrained LLM: well above chance on its language evaluation
     assert results["stage0"]["language"]["accuracy"] >= results["stage0"]["language"]["chance"] + 0.3
-
-    layers = results["stage3"]["vqa"]["routing"]["layers"]
-    assert len(layers) == 2  # tiny LLM: 4 layers, EVF in the alternate ones
-    for layer in layers:
-        assert 0.0 < layer["success_rate"] <= 1.0
+    assert summary["variants"]["img_gbpr"]["vqa"] == {"mean": results["stage3"]["vqa"]["accuracy"], "sd": None,
+                                                     "n": 1}
 
 
-def test_chance_level_is_what_the_options_give(quick_run):
+def test_stage3_data_is_multimodal_and_fills_its_sequences(quick_run):
     out, summary, _ = quick_run
-    items = json.load(open(os.path.join(out, "data", "vqa_eval.json"), encoding="utf-8"))
-    expected = np.mean([1.0 / len(item["options"]) for item in items])
-    assert summary["vqa_chance"] == pytest.approx(expected)
-    assert summary["vqa_chance"] == pytest.approx(synthetic.chance_accuracy(items))
+    records = json.load(open(os.path.join(out, "data", "instruct_multimodal.json"), encoding="utf-8"))
+    assert records and all("image" in r for r in records)
+    stage2 = json.load(open(os.path.join(out, "data", "instruct.json"), encoding="utf-8"))
+    text_only = sum("image" not in r for r in stage2)
+    assert text_only == int(summary["plan"]["text_only_fraction"] * summary["plan"]["instruct_images"]) > 0
+    seq = summary["sequence"]
+    assert seq["image_tokens_per_sample"] == pytest.approx(36)  # 48 px in patches of 4, LDP 2 x 2
+    assert 0.3 < seq["image_share"] < 0.6 and seq["fill"] > 0.9
+
+
+def test_train_log_has_routing_per_layer_and_modality(quick_run):
+    out, summary, _ = quick_run
+    from eve_ms.training.metrics import read_log
+
+    for name in ("stage3", "stage3_random"):
+        records = read_log(os.path.join(out, name, "train_log.jsonl"))
+        assert len(records) == summary["plan"]["variant_steps"].get(name.partition("_")[2] or "img_gbpr",
+                                                                     summary["plan"]["steps"]["stage3"])
+        for record in records:
+            assert set(record["routing"]) == {"layer_0", "layer_2"}  # tiny LLM: 4 layers, EVF in alternate ones
+            for layer, modalities in record["routing"].items():
+                kept = dropped = valid = 0
+                for counts in modalities.values():
+                    assert counts["kept_language"] + counts["kept_vision"] + counts["dropped"] == counts["valid"]
+                    kept += counts["kept_language"] + counts["kept_vision"]
+                    dropped += counts["dropped"]
+                    valid += counts["valid"]
+                assert modalities["image"]["valid"] == 16 * 36  # every sample has one image
+                assert record["token_success_rate"][layer] == pytest.approx(kept / valid)
+    # Img-GBPR's prior sends every text token to the language expert and every image token to vision
+    # unless that expert is full: nothing overflows while each modality is under the capacity (0.75 T)
+    shares = summary["routing"]["img_gbpr"]["shares"]
+    for layer in shares.values():
+        assert layer["text"]["kept_vision"] <= layer["text"]["redistributed"]
+        assert layer["image"]["kept_language"] <= layer["image"]["redistributed"]
 
 
 def test_claims_hold_on_the_quick_run(quick_run):
     _, summary, log = quick_run
-    results, chance = summary["results"], summary["vqa_chance"]
-    stage3 = results["stage3"]["vqa"]["accuracy"]
-    assert stage3 >= chance + report.CLAIM_MARGIN, log
-    assert stage3 > results["stage1"]["vqa"]["accuracy"], log
-    assert all(summary["claims"].values()), summary["claims"]
+    claims = summary["claims"]
+    assert set(claims) == {"lora_keeps_language", "evf_keeps_language", "capacity_binds"}
+    for claim in claims.values():
+        assert set(claim) == {"value", "sd", "met"}
+    results = summary["results"]
+    lora = results["stage2"]["language"]["accuracy"] - results["stage0"]["language"]["accuracy"]
+    assert claims["lora_keeps_language"]["value"] == pytest.approx(lora)
+    assert claims["capacity_binds"]["value"] == max(
+        s["mean"] for s in summary["routing"]["random"]["start_over_capacity"].values())
+    assert claims["lora_keeps_language"]["met"] and claims["evf_keeps_language"]["met"], (claims, log)
+    # Whether a random router's first split overflows 0.75 T is a finding of the run, not something the
+    # pipeline guarantees (docs/design.md): the claim must say what its value says.
+    assert claims["capacity_binds"]["met"] == (claims["capacity_binds"]["value"] >= report.BINDING_SHARE)
 
 
 def test_language_only_logits_bit_identical_after_stage3(quick_run):
     _, summary, _ = quick_run
     identity = summary["language_only_bit_identity"]
     assert identity["bit_identical"] and identity["max_abs_diff"] == 0.0
-    assert identity["tokens"] > 100
+    assert identity["tokens"] > 100 and identity["runs"] == ["stage3"]
 
 
 def test_table_printed_with_every_run(quick_run):
     _, summary, log = quick_run
     printed = report.table(summary)
     assert printed in log
-    for name in summary["results"]:
-        assert report.LABELS[name] in printed
+    for label in ("stage 0 (LLM pretrain)", "stage 2 (adapter + LoRA, merged)", "stage 3 EVF, Img-GBPR",
+                  "stage 3 EVF, Random", "capacity_binds: "):
+        assert label in printed
+
+
+def test_claims_from_measurements_over_seeds():
+    """check_claims on a made-up summary of the full plan: means, paired sds, met as the numbers say."""
+    def run(vqa, language):
+        return {"vqa": {"accuracy": vqa, "by_type": {}}, "language": {"accuracy": language}}
+
+    def routing(variant, success, start):
+        runs = {pipeline.run_name(variant, i): {"mean_success": {"layer_0": s}} for i, s in enumerate(success)}
+        return {"runs": runs, "mean_success": {"layer_0": report.mean_sd(success)},
+                "start_over_capacity": {"layer_0": report.mean_sd(start)}}
+
+    results = {"stage0": run(None, 0.80), "stage2": run(0.60, 0.78)}
+    vqa = {"img_gbpr": (0.70, 0.72, 0.74), "gbpr": (0.69, 0.70, 0.71), "random": (0.70, 0.69, 0.68),
+           "moe": (0.70, 0.70, 0.70)}
+    for variant, scores in vqa.items():
+        for seed, score in enumerate(scores):
+            language = 0.78 if variant != "moe" else 0.70 + 0.01 * seed
+            results[pipeline.run_name(variant, seed)] = run(score, language)
+    summary = {"results": results, "plan": {"seeds": [0, 1, 2], "evaluated": list(vqa)},
+               "language_only_bit_identity": {"bit_identical": True},
+               "routing": {"img_gbpr": routing("img_gbpr", [1.0, 1.0, 1.0], [0, 0, 0]),
+                           "gbpr": routing("gbpr", [0.8, 0.9, 1.0], [0.2, 0.1, 0.0]),
+                           "random": routing("random", [0.8, 0.8, 0.8], [0.25, 0.2, 0.15])}}
+    claims = report.check_claims(summary)
+    assert claims["lora_keeps_language"] == {"value": pytest.approx(-0.02), "sd": None, "met": True}
+    assert claims["evf_keeps_language"] == {"value": 0.0, "sd": 0.0, "met": True}
+    assert claims["evf_gains_vqa"] == {"value": pytest.approx(0.12), "sd": pytest.approx(0.02), "met": True}
+    assert claims["moe_costs_language"] == {"value": pytest.approx(-0.07), "sd": pytest.approx(0.01), "met": True}
+    assert claims["capacity_binds"] == {"value": pytest.approx(0.2), "sd": pytest.approx(0.05), "met": True}
+    # per layer: Img-GBPR 1.0 vs max(GBPR 0.9, Random 0.8); per seed 1 - max(.8,.8), 1 - .9, 1 - 1
+    assert claims["img_gbpr_success_highest"] == {"value": pytest.approx(0.1), "sd": pytest.approx(0.1),
+                                                  "met": True}
+    # Img-GBPR - GBPR = 0.02, GBPR - Random = 0.01 (per seed -0.01, 0.01, 0.03): the smaller step
+    assert claims["allocation_order_vqa"] == {"value": pytest.approx(0.01), "sd": pytest.approx(0.02),
+                                              "met": True}
+    results[pipeline.run_name("random", 1)] = run(0.80, 0.78)  # Random above GBPR on average now
+    assert report.check_claims(summary)["allocation_order_vqa"]["met"] is False
 
 
 def _stage0_dir(tmp_path, paths):
@@ -105,7 +180,7 @@ def test_longest_samples_measures_every_data_set_and_guards_stage0s_bound(tmp_pa
                                num_text_scene_questions=20)
     stage0 = _stage0_dir(tmp_path, paths)
     longest = pipeline.longest_samples(paths, stage0, text_max_length=256)
-    assert set(longest) == {"text_train", "captions", "instruct"}
+    assert set(longest) == {"text_train", "captions", "instruct", "instruct_multimodal"}
     # captions are the image tokens and a sentence; instruct samples also carry the v1 system prompt
     assert 4 < longest["captions"] < longest["instruct"]
     with pytest.raises(RuntimeError, match="text_train.json: a sample of .* tokens was truncated"):

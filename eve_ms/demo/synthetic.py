@@ -5,8 +5,13 @@ text world (facts, counting, opposites). Everything is written to disk in the LL
 format the real pipeline reads, so the demo runs through the same readers as real data:
 
 - `captions.json`        stage 1 (template plain): an image and its caption
-- `instruct.json`        stages 2 and 3 (template v1): VQA turns about colour, shape,
-                         count, position and presence (POPE-like yes/no)
+- `instruct.json`        stage 2 (template v1): VQA turns about colour, shape, count,
+                         position and presence (POPE-like yes/no), plus a share of text-only
+                         instructions (as LLaVA's 665k mix has ShareGPT), which ask the same
+                         questions about a scene described in words
+- `instruct_multimodal.json`  stage 3: the image samples of `instruct.json` only (the paper's
+                         stage-3 mix, Table 12, is multimodal): nothing in stage 3 touches the
+                         text world that the language evaluation measures
 - `vqa_eval.json`        held-out images and questions, each with its answer options
 - `text_train.json`      the text corpus that pretrains the tiny LLM (demo stage 0), as
                          text-only LLaVA samples for the `plain` template
@@ -211,12 +216,15 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: 
         qa = rng.choice(questions(objects, rng, max_objects))
         instruct.append({"id": f"vqa-{i}", "image": name,
                          "conversations": _conversation(qa["question"], qa["answer"], with_image=True)})
-    # Text-only instruction samples keep the LLM's language path exercised during stages 2/3.
+    multimodal = list(instruct)
+    # Text-only instructions (stage 2 only): the same questions about a scene given in words. They
+    # keep the LoRA'd LLM answering from text without rehearsing the language evaluation's facts.
     language_items = _language_questions()
     for i in range(int(text_only_fraction * num_instruct_images)):
-        item = rng.choice(language_items)
+        objects = random_scene(rng, max_objects)
+        qa = rng.choice(questions(objects, rng, max_objects))
         instruct.append({"id": f"text-{i}", "conversations": _conversation(
-            f"Complete: {item['context']}", item["options"][item["answer"]].strip(" ."), with_image=False)})
+            f"{scene_words(objects)}. {qa['question']}", qa["answer"], with_image=False)})
     rng.shuffle(instruct)
 
     vqa_eval = []
@@ -233,13 +241,15 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: 
         "image_folder": image_dir,
         "captions": os.path.join(out_dir, "captions.json"),
         "instruct": os.path.join(out_dir, "instruct.json"),
+        "instruct_multimodal": os.path.join(out_dir, "instruct_multimodal.json"),
         "vqa_eval": os.path.join(out_dir, "vqa_eval.json"),
         "text_train": os.path.join(out_dir, "text_train.json"),
         "language_eval": os.path.join(out_dir, "language_eval.json"),
     }
-    _write_json(paths["captions"], captions)
-    _write_json(paths["instruct"], instruct)
-    _write_json(paths["vqa_eval"], vqa_eval)
+    write_json(paths["captions"], captions)
+    write_json(paths["instruct"], instruct)
+    write_json(paths["instruct_multimodal"], multimodal)
+    write_json(paths["vqa_eval"], vqa_eval)
     # The corpus also speaks about scenes in words: a few key words for a scene (in the place the
     # image tokens take later), then a caption of it, or a question about it and the answer. A
     # pretrained LLM can already describe and answer from what its context says; stage 1 then only
@@ -254,11 +264,11 @@ def generate(out_dir: str, *, seed: int = 0, image_size: int = 64, max_objects: 
         scene_questions.append(f"{scene_words(objects)}. {qa['question']} {qa['answer']}.")
     corpus = sentences + descriptions + scene_questions
     rng.shuffle(corpus)
-    _write_json(paths["text_train"], [
+    write_json(paths["text_train"], [
         {"id": f"text-{i}", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": sentence}]}
         for i, sentence in enumerate(corpus)
     ])
-    _write_json(paths["language_eval"], {"sentences": eval_sentences, "questions": language_items})
+    write_json(paths["language_eval"], {"sentences": eval_sentences, "questions": language_items})
     return paths
 
 
@@ -267,7 +277,8 @@ def chance_accuracy(vqa_items: list[dict]) -> float:
     return sum(1.0 / len(q["options"]) for q in vqa_items) / max(len(vqa_items), 1)
 
 
-def _write_json(path: str, data) -> None:
+def write_json(path: str, data) -> None:
+    """JSON written atomically (a temporary file, then renamed)."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1)

@@ -64,12 +64,12 @@ class EveForCausalLM(nn.Cell):
         return embeds, is_image
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, routing_noise=None):
-        """-> (logits, loss_sum, num_targets, aux_loss (unscaled), routing_stats [num_evf, 5])."""
+        """-> (logits, loss_sum, num_targets, aux_loss (unscaled), routing_stats [num_evf, NUM_ROUTING_STATS])."""
         embeds, is_image = self.embed_inputs(input_ids, pixel_values)
         return self.llm.forward_embeds(embeds, attention_mask, is_image, routing_noise, labels)
 
     def construct(self, input_ids, attention_mask, labels, pixel_values=None, routing_noise=None):
-        """Training forward: (loss_sum, num_targets, alpha * aux_loss, routing_stats [num_evf, 5])."""
+        """Training forward: (loss_sum, num_targets, alpha * aux_loss, routing_stats [num_evf, NUM_ROUTING_STATS])."""
         _, loss_sum, num_targets, aux_loss, routing_stats = self.forward(
             input_ids, attention_mask, pixel_values, labels, routing_noise
         )

@@ -49,7 +49,13 @@ from eve_ms.models.ffn import FeedForward
 from eve_ms.ops.allocator import allocate_tokens, combine_indices, dispatch_indices
 from eve_ms.ops.token_allocation import NUM_EXPERTS, compute_capacity
 
-ROUTING_STAT_NAMES = ("valid", "kept_language", "kept_vision", "dropped", "redistributed")
+# Per EVF layer: counts over all valid tokens, then the same counts over valid image tokens (text =
+# all - image). "redistributed" counts tokens run by the expert they did not prefer (Img-GBPR's
+# overflow offered to the other expert); dropped + redistributed is what overflowed its preferred
+# expert's capacity.
+ROUTING_STAT_NAMES = ("valid", "kept_language", "kept_vision", "dropped", "redistributed",
+                      "image_valid", "image_kept_language", "image_kept_vision", "image_dropped",
+                      "image_redistributed")
 NUM_ROUTING_STATS = len(ROUTING_STAT_NAMES)
 MOE_STRATEGY = "gbpr"  # plain top-1 routing: argmax P, priority P[x, pref], no prior
 ROUTER_INIT_STD = 0.02
@@ -66,6 +72,10 @@ class Router(nn.Cell):
     construct(tokens [T, H], is_image [T] bool, valid [T] bool, noise [T] float32)
     -> (probs [T, 2] float32, expert [T] int32, slot [T] int32, aux_loss float32 scalar,
         stats [NUM_ROUTING_STATS] float32 in ROUTING_STAT_NAMES order).
+
+    The image counts are computed here from the allocation's `expert` (every backend returns it),
+    the preferred expert recomputed as the reference does (argmax of P, or of S = P + prior for
+    img_gbpr, ties to expert 0).
 
     `weight` [2, H] gives expert e's logit in row e (DeepSpeed's `gate.wg`). The allocation
     backend (composed MindSpore ops or a native kernel) is chosen at build time from
@@ -131,8 +141,28 @@ class Router(nn.Cell):
         fraction = counts[:NUM_EXPERTS].astype(ms.float32) / denominator
         valid_probs = ops.where(valid.reshape(num_tokens, 1), probs, ops.zeros_like(probs))
         aux_loss = (fraction * (valid_probs.sum(0) / denominator)).sum()
-        stats = ops.concat((num_valid.reshape(1), counts.astype(ms.float32)))
+        stats = ops.concat((num_valid.reshape(1), counts.astype(ms.float32),
+                            self.image_stats(probs, expert, is_image, valid)))
         return probs, expert, slot, aux_loss, stats
+
+    def preferred_expert(self, probs, is_image):
+        """argmax P, or argmax S = P + modality prior (img_gbpr), ties to expert 0; [T] int32."""
+        if self.strategy == "img_gbpr":
+            image = is_image.astype(ms.float32)
+            beta = ms.Tensor(self.beta, ms.float32)
+            first, second = probs[:, 0] + (1.0 - image) * beta, probs[:, 1] + image * beta
+        else:
+            first, second = probs[:, 0], probs[:, 1]
+        return (second > first).astype(ms.int32)
+
+    def image_stats(self, probs, expert, is_image, valid):
+        """[5] float32: valid, kept_language, kept_vision, dropped, redistributed over valid image tokens."""
+        image = ops.logical_and(is_image, valid)
+        count = lambda mask: ops.logical_and(image, mask).astype(ms.float32).sum()  # noqa: E731
+        total = image.astype(ms.float32).sum()
+        language, vision = count(expert == 0), count(expert == 1)
+        moved = count(ops.logical_and(expert >= 0, expert != self.preferred_expert(probs, is_image)))
+        return ops.stack((total, language, vision, total - language - vision, moved))
 
 
 class EVFLayer(nn.Cell):
@@ -176,8 +206,9 @@ class EVFLayer(nn.Cell):
         valid = valid.reshape(num_tokens)
         if self.mode == "language_only":
             num_valid = valid.astype(ms.float32).sum()
+            num_image = ops.logical_and(is_image.reshape(num_tokens), valid).astype(ms.float32).sum()
             zero = ops.zeros((), ms.float32)
-            stats = ops.stack((num_valid, num_valid, zero, zero, zero))
+            stats = ops.stack((num_valid, num_valid, zero, zero, zero, num_image, num_image, zero, zero, zero))
             return self.language_ffn(x), zero, stats
 
         capacity = self.capacity(num_tokens)

@@ -2,9 +2,12 @@
 
 `EveTrainNetwork(model)` takes the batch keys `input_ids, attention_mask, labels, pixel_values`
 (+ `routing_noise` when the model has EVF layers) and returns the trainer's contract
-(eve_ms.training.trainer): `(loss_sum, num_targets, alpha * aux_loss, success_rates)`, where
-success_rates[i] = (kept_language + kept_vision) / valid of the i-th EVF layer (what the
-paper's Figure 3 plots), shape [0] for a dense model.
+(eve_ms.training.trainer): `(loss_sum, num_targets, alpha * aux_loss, routing_counts)`, where
+routing_counts is every EVF layer's `ROUTING_STAT_NAMES` counts, flattened [num_evf * NUM_ROUTING_STATS]
+(shape [0] for a dense model). The trainer sums them over micro-batches and ranks and
+`routing_record` turns the sums into the step record's `token_success_rate` {layer: (kept_language
++ kept_vision) / valid} (what the paper's Figure 3 plots) and `routing` {layer: {text|image: {valid,
+kept_language, kept_vision, dropped, redistributed}}}: rates of summed counts, not means of rates.
 
 An empty image batch (`pixel_values` of shape [0, ...], see `stage_data.StageLoader`) means a
 text-only batch: the vision tower and adapter are not run. The test is on a static shape, so
@@ -18,17 +21,18 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
-from eve_ms.models.evf import ROUTING_STAT_NAMES
+import numpy as np
 
-_VALID = ROUTING_STAT_NAMES.index("valid")
-_KEPT = (ROUTING_STAT_NAMES.index("kept_language"), ROUTING_STAT_NAMES.index("kept_vision"))
+from eve_ms.models.evf import NUM_ROUTING_STATS, ROUTING_STAT_NAMES
+
+MODALITY_COUNTS = ("valid", "kept_language", "kept_vision", "dropped", "redistributed")
 
 DENSE_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
 EVF_INPUT_KEYS = DENSE_INPUT_KEYS + ("routing_noise",)
 
 
 class EveTrainNetwork(nn.Cell):
-    """`EveForCausalLM` -> (loss_sum, num_targets, alpha * aux_loss, token success rate per EVF layer)."""
+    """`EveForCausalLM` -> (loss_sum, num_targets, alpha * aux_loss, routing counts of every EVF layer)."""
 
     def __init__(self, model):
         super().__init__(auto_prefix=False)
@@ -44,6 +48,17 @@ class EveTrainNetwork(nn.Cell):
         loss_sum, num_targets, aux_loss, stats = self.model(input_ids, attention_mask, labels, images, routing_noise)
         if not self.num_evf_layers:
             return loss_sum, num_targets, aux_loss, ops.zeros((0,), ms.float32)
-        kept = stats[:, _KEPT[0]] + stats[:, _KEPT[1]]
-        rates = kept / ops.maximum(stats[:, _VALID], 1.0)
-        return loss_sum, num_targets, aux_loss, rates
+        return loss_sum, num_targets, aux_loss, stats.reshape(-1)
+
+
+def routing_record(counts, layer_names) -> dict:
+    """Summed routing counts [len(layer_names) * NUM_ROUTING_STATS] -> the step record's routing entries."""
+    rows = np.asarray(counts, np.float64).reshape(len(layer_names), NUM_ROUTING_STATS)
+    success, routing = {}, {}
+    for name, row in zip(layer_names, rows):
+        named = dict(zip(ROUTING_STAT_NAMES, row))
+        image = {k: int(round(named["image_" + k])) for k in MODALITY_COUNTS}
+        text = {k: int(round(named[k])) - image[k] for k in MODALITY_COUNTS}
+        success[name] = (named["kept_language"] + named["kept_vision"]) / max(named["valid"], 1.0)
+        routing[name] = {"text": text, "image": image}
+    return {"token_success_rate": success, "routing": routing}

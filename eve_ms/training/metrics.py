@@ -2,7 +2,9 @@
 
 Record keys (see `Trainer.train_step`): step, epoch, loss, aux_loss, lr, grad_norm,
 tokens_per_s, tokens, target_tokens, step_time_s, skipped, loss_scale, and
-token_success_rate {EVF layer name: rate} when the network reports routing statistics.
+token_success_rate {EVF layer name: rate} when the network reports routing statistics; Eve's
+stage 3 also logs routing {EVF layer name: {text|image: {valid, kept_language, kept_vision,
+dropped, redistributed}}}, token counts of the step (`eve_ms.training.eve_network.routing_record`).
 Event records carry an `event` key and the step they follow: `data_report` (the loader's skip
 report, at the end of every epoch and of the run) and `training_health` (loss constant with a
 zero gradient norm); `read_log` leaves them out unless asked.

@@ -48,6 +48,7 @@ mapping; `data` is `eve_ms.data.DataConfig` (its `batch_size` is replaced by
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass, field, replace
 
@@ -348,7 +349,7 @@ def _trainable_summary(model) -> str:
 def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
     """The trainer's task for stage `config.stage` (see the module docstring)."""
     from eve_ms.data.dataset import build_loader
-    from eve_ms.training.eve_network import EveTrainNetwork
+    from eve_ms.training.eve_network import EveTrainNetwork, routing_record
     from eve_ms.training.stage_data import StageLoader, resolve_tokenizer
 
     log = print if dist.is_main else (lambda *a, **k: None)
@@ -386,12 +387,14 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
         )
     log(f"stage {stage} ({STAGE_NAMES[stage]}): init from {weights or 'random weights'}; {_trainable_summary(model)}")
     evf_layers = model.llm.model.evf_layer_indices
+    layer_names = tuple(f"layer_{i}" for i in evf_layers)
     return TrainTask(
         network=network,
         loader=StageLoader(loader, len(evf_layers), config.seed, dist),
         input_keys=network.input_keys,
         count_tokens=lambda batch: int(np.asarray(batch["attention_mask"]).sum()),
-        stat_names=tuple(f"layer_{i}" for i in evf_layers),
+        stat_names=layer_names,
+        stats_record=functools.partial(routing_record, layer_names=layer_names),
         eval_cells=("model.vision_tower",),
         layer_cells=tuple(f"model.llm.model.layers.{i}" for i in range(eve.llm.num_layers)),
         finish=_finish(eve, tokenizer, stage),

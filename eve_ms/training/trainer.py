@@ -5,7 +5,9 @@ Network contract: `network(*[batch[k] for k in task.input_keys])` returns
 - loss_sum: float32 scalar, the SUM of the per-token loss over the micro-batch's target tokens;
 - num_targets: scalar, how many target tokens that sum covers;
 - aux_loss: float32 scalar, already weighted (alpha x balance loss), 0 when there is none;
-- routing_stats: float32 vector, one value per EVF layer (token success rate), shape [0] if none.
+- routing_stats: float32 vector, shape [0] if none: one value per EVF layer (token success rate,
+  averaged over micro-batches), or anything `TrainTask.stats_record` turns into record entries
+  from its sum over micro-batches and ranks (Eve's routing counts, `eve_network.routing_record`).
 
 One optimizer step minimises
 
@@ -103,6 +105,9 @@ class TrainTask:
     # Tokens a micro-batch feeds the network, for tokens/s; default: the size of input_ids.
     count_tokens: Optional[Callable[[dict], int]] = None
     stat_names: Sequence[str] = ()  # names of the routing_stats entries (EVF layers)
+    # routing_stats summed over micro-batches and ranks -> entries of the step record; None: the
+    # entries are per-layer rates, averaged into record["token_success_rate"] by stat_names
+    stats_record: Optional[Callable[[Any], dict]] = None
     eval_cells: Sequence[str] = ()  # sub-cells kept in eval mode while training (frozen BatchNorm)
     # the decoder layers, first to last, that `recompute_config.recompute` recomputes (the first N of them)
     layer_cells: Sequence[str] = ()
@@ -442,7 +447,9 @@ class Trainer:
             "skipped": skipped,
             "loss_scale": scale_value,
         }
-        if len(total) > 3:
+        if len(total) > 3 and self.task.stats_record is not None:
+            record.update(self.task.stats_record(total[3:]))
+        elif len(total) > 3:
             names = list(self.task.stat_names) or [str(i) for i in range(len(total) - 3)]
             if len(names) != len(total) - 3:
                 raise TrainingError(f"task.stat_names has {len(names)} names for {len(total) - 3} routing stats")

@@ -12,7 +12,7 @@ import pytest
 from eve_ms.config import ConfigError, EVFConfig, LLMConfig
 from eve_ms.models.evf import NUM_ROUTING_STATS, ROUTING_STAT_NAMES, EVFLayer, Router
 from eve_ms.models.ffn import FeedForward
-from eve_ms.ops.token_allocation import allocate_reference, aux_loss_reference
+from eve_ms.ops.token_allocation import allocate_reference, aux_loss_reference, preference_scores
 
 HIDDEN = 32
 SEED = 2  # inputs whose allocation drops tokens under every strategy and redistributes under img_gbpr
@@ -75,7 +75,8 @@ def test_language_only_is_bit_identical_to_the_dense_ffn(any_mode):
     np.testing.assert_array_equal(_bits(y), _bits(dense(ms.Tensor(x)).asnumpy()))
     assert aux == 0.0
     assert stats.shape == (NUM_ROUTING_STATS,) and len(ROUTING_STAT_NAMES) == NUM_ROUTING_STATS
-    np.testing.assert_array_equal(stats, [valid.sum(), valid.sum(), 0, 0, 0])
+    image = (is_image & valid).sum()
+    np.testing.assert_array_equal(stats, [valid.sum(), valid.sum(), 0, 0, 0, image, image, 0, 0, 0])
 
 
 def test_multimodal_unit_combine_equals_the_dense_ffn_when_nothing_is_dropped(any_mode):
@@ -90,7 +91,7 @@ def test_multimodal_unit_combine_equals_the_dense_ffn_when_nothing_is_dropped(an
     is_image[0, 3:33], is_image[1, :18] = True, True  # 48 of 96 tokens: each expert fills its 48 slots exactly
     assert layer.capacity(96) == 48  # row counts (96 dense, 48 per expert) in full matmul blocks: see module doc
     y, _, stats = _call(layer, x, is_image, valid, noise)
-    np.testing.assert_array_equal(stats, [96, 48, 48, 0, 0])
+    np.testing.assert_array_equal(stats, [96, 48, 48, 0, 0, 48, 0, 48, 0, 0])  # every image token in vision
     np.testing.assert_array_equal(_bits(y), _bits(dense(ms.Tensor(x)).asnumpy()))
 
 
@@ -113,6 +114,17 @@ def _recompute(layer, x, is_image, valid, noise, strategy, combine):
     return y.reshape(x.shape), probs, alloc
 
 
+def _image_counts(probs, alloc, is_image, valid, strategy, beta):
+    """valid, kept_language, kept_vision, dropped, redistributed over valid image tokens, from the reference."""
+    image = (is_image & valid).reshape(-1)
+    expert = alloc["expert"]
+    scores = preference_scores(probs, is_image.reshape(-1), strategy, beta)
+    preferred = np.argmax(scores, axis=1)
+    kept = [int(np.sum(image & (expert == e))) for e in (0, 1)]
+    moved = int(np.sum(image & (expert >= 0) & (expert != preferred)))
+    return [int(image.sum()), *kept, int(image.sum()) - sum(kept), moved]
+
+
 @pytest.mark.parametrize("mode, strategy, combine", [
     ("multimodal", "img_gbpr", "unit"),
     ("multimodal", "img_gbpr", "prob"),
@@ -126,7 +138,8 @@ def test_dispatch_and_combine_equal_a_numpy_recomputation(mode, strategy, combin
     x, is_image, valid, noise = _inputs(3, 8, image_fraction=0.7, valid_fraction=0.8, seed=SEED)
     y, aux, stats = _call(layer, x, is_image, valid, noise)
     expected, probs, alloc = _recompute(layer, x, is_image, valid, noise, strategy, combine)
-    np.testing.assert_array_equal(stats, [valid.sum(), *alloc["kept"], alloc["dropped"], alloc["redistributed"]])
+    np.testing.assert_array_equal(stats, [valid.sum(), *alloc["kept"], alloc["dropped"], alloc["redistributed"],
+                                          *_image_counts(probs, alloc, is_image, valid, strategy, layer.router.beta)])
     assert alloc["dropped"] > 0  # the case exercises overflow
     if strategy == "img_gbpr":
         assert alloc["redistributed"] > 0
@@ -147,7 +160,7 @@ def test_aux_loss_is_the_paper_formula_on_a_case_worked_by_hand():
     valid = np.array([[True, True, True, False]])
     _, aux, stats = _call(layer, x, np.zeros((1, 4), bool), valid, np.zeros((1, 4), np.float32))
     # experts (1, 1, 0, padding): F = (1/3, 2/3); G = (mean(.1, .4, .8), mean(.9, .6, .2)) = (1.3/3, 1.7/3)
-    np.testing.assert_array_equal(stats, [3, 1, 2, 0, 0])
+    np.testing.assert_array_equal(stats, [3, 1, 2, 0, 0, 0, 0, 0, 0, 0])  # no image tokens
     assert aux == pytest.approx((1 / 3) * (1.3 / 3) + (2 / 3) * (1.7 / 3), abs=1e-6)
 
 
@@ -348,5 +361,6 @@ def test_a_non_finite_router_weight_drops_every_token():
     layer.router.weight.set_data(ms.Tensor(weight))
     x, is_image, valid, noise = _inputs(2, 8, valid_fraction=0.8)
     y, aux, stats = _call(layer, x, is_image, valid, noise)
-    np.testing.assert_array_equal(stats, [valid.sum(), 0, 0, valid.sum(), 0])
+    image = (is_image & valid).sum()
+    np.testing.assert_array_equal(stats, [valid.sum(), 0, 0, valid.sum(), 0, image, 0, 0, image, 0])
     assert np.all(y == 0) and np.isnan(aux)

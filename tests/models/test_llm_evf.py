@@ -74,7 +74,9 @@ def test_language_only_logits_are_bit_identical_to_the_dense_model(dense_llm, an
     logits, _, _, aux, stats = _forward(evf_llm, ids, mask, is_image, noise)
     np.testing.assert_array_equal(logits.asnumpy().view(np.uint32), dense_logits.view(np.uint32))
     assert float(aux.asnumpy()) == 0.0
-    np.testing.assert_array_equal(stats.asnumpy(), np.tile([mask.sum(), mask.sum(), 0, 0, 0], (3, 1)))
+    image = (is_image & mask.astype(bool)).sum()
+    np.testing.assert_array_equal(stats.asnumpy(), np.tile([mask.sum(), mask.sum(), 0, 0, 0, image, image, 0, 0, 0],
+                                                           (3, 1)))
 
 
 def test_multimodal_logits_at_conversion_equal_the_dense_model_when_nothing_is_dropped(dense_llm):
@@ -91,7 +93,8 @@ def test_multimodal_logits_at_conversion_equal_the_dense_model_when_nothing_is_d
     logits, _, _, _, stats = _forward(evf_llm, ids, mask, is_image, noise)
     stats = stats.asnumpy()
     assert stats.shape == (2, NUM_ROUTING_STATS)
-    np.testing.assert_array_equal(stats, np.tile([93, 45, 48, 0, 0], (2, 1)))  # capacity 48: nothing dropped
+    # capacity 48: nothing dropped; the 48 image tokens all in the vision expert
+    np.testing.assert_array_equal(stats, np.tile([93, 45, 48, 0, 0, 48, 0, 48, 0, 0], (2, 1)))
     real = mask.astype(bool)  # padding positions get no FFN output in an EVF layer: compare real tokens
     dense_logits = _forward(dense_llm, ids, mask)[0].asnumpy()
     np.testing.assert_array_equal(logits.asnumpy()[real].view(np.uint32), dense_logits[real].view(np.uint32))

@@ -5,7 +5,8 @@ import pytest
 
 from eve_ms.config import IGNORE_INDEX, EveConfig, EVFConfig, LLMConfig, VisionConfig
 from eve_ms.models.eve import EveForCausalLM
-from eve_ms.training.eve_network import DENSE_INPUT_KEYS, EVF_INPUT_KEYS, EveTrainNetwork
+from eve_ms.models.evf import NUM_ROUTING_STATS
+from eve_ms.training.eve_network import DENSE_INPUT_KEYS, EVF_INPUT_KEYS, EveTrainNetwork, routing_record
 
 VISION = VisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2)
 LLM = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -34,18 +35,30 @@ def _batch(rng, config, with_image: bool, b=2, s=12):
     return ids, mask, labels, pixels, noise
 
 
-def test_success_rate_is_kept_over_valid_tokens_of_each_evf_layer(rng):
+def test_network_returns_each_evf_layers_routing_counts_and_the_record_their_rates(rng):
     model = _model(evf=True)
     network = EveTrainNetwork(model)
     assert network.input_keys == EVF_INPUT_KEYS
     ids, mask, labels, pixels, noise = [ms.Tensor(a) for a in _batch(rng, model.config, with_image=True)]
-    loss_sum, num_targets, aux, rates = network(ids, mask, labels, pixels, noise)
+    loss_sum, num_targets, aux, counts = network(ids, mask, labels, pixels, noise)
     _, ref_loss, ref_targets, ref_aux, stats = model.forward(ids, mask, pixels, labels, noise)
     stats = stats.asnumpy()
-    expected = (stats[:, 1] + stats[:, 2]) / stats[:, 0]  # (kept_language + kept_vision) / valid
-    np.testing.assert_allclose(rates.asnumpy(), expected, rtol=1e-6)
-    assert rates.shape == (1,) and 0.0 < float(rates.asnumpy()[0]) < 1.0
+    assert counts.shape == (NUM_ROUTING_STATS,)  # one EVF layer
+    np.testing.assert_array_equal(counts.asnumpy(), stats.reshape(-1))
     assert stats[0, 0] == mask.asnumpy().sum()
+    assert stats[0, 5] == 2 * model.config.num_image_tokens  # image tokens of the two samples
+
+    # two micro-batches' summed counts -> rates of the sums, and counts split by modality
+    record = routing_record(2 * counts.asnumpy(), ["layer_0"])
+    expected = (stats[0, 1] + stats[0, 2]) / stats[0, 0]  # (kept_language + kept_vision) / valid
+    assert record["token_success_rate"]["layer_0"] == pytest.approx(expected, rel=1e-6)
+    assert 0.0 < expected < 1.0  # capacity 0.5: tokens were dropped
+    text, image = record["routing"]["layer_0"]["text"], record["routing"]["layer_0"]["image"]
+    assert image["valid"] == 2 * stats[0, 5] and text["valid"] + image["valid"] == 2 * stats[0, 0]
+    for modality in (text, image):
+        assert modality["kept_language"] + modality["kept_vision"] + modality["dropped"] == modality["valid"]
+    assert text["dropped"] + image["dropped"] == 2 * stats[0, 3]
+
     assert float(loss_sum.asnumpy()) == pytest.approx(float(ref_loss.asnumpy()), rel=1e-6)
     assert float(num_targets.asnumpy()) == float(ref_targets.asnumpy())
     assert float(aux.asnumpy()) == pytest.approx(model.config.evf.aux_loss_alpha * float(ref_aux.asnumpy()), rel=1e-6)
