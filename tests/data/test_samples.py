@@ -34,7 +34,7 @@ BAD_RECORDS = {
 
 
 def test_every_structural_reason_is_covered():
-    load_time = {"missing_image", "image_decode_error", "image_tokens_do_not_fit", "malformed_json"}
+    load_time = {"missing_image", "image_decode_error", "image_tokens_do_not_fit", "malformed_json", "invalid_utf8"}
     assert set(BAD_RECORDS) | load_time == set(SKIP_REASONS)
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from eve_ms.config import IMAGE_TOKEN_INDEX, AdapterConfig, EVFConfig, EveConfig, LLMConfig, VisionConfig
 from eve_ms.models.eve import EveForCausalLM, splice_image_tokens
+from eve_ms.models.evf import NUM_ROUTING_STATS, ROUTING_STAT_NAMES
 
 N_IMG = 4  # 32x32 pixels, patch 8 -> 4x4 grid -> LDP -> 2x2
 
@@ -90,7 +91,11 @@ def test_modality_mask_reaches_the_evf_layers(rng, strategy):
     _, _, _, _, stats = model.forward(ms.Tensor(ids), ms.Tensor(mask), ms.Tensor(pixels), ms.Tensor(labels))
     stats = stats.asnumpy()
     n_image = (ids == IMAGE_TOKEN_INDEX).sum()
-    assert stats.shape == (1, 5)
-    valid, kept_language, kept_vision, dropped, _ = stats[0]
-    assert valid == mask.sum()
-    assert kept_vision == n_image and kept_language == valid - n_image and dropped == 0
+    assert stats.shape == (1, NUM_ROUTING_STATS)
+    counts = dict(zip(ROUTING_STAT_NAMES, stats[0]))
+    assert counts["valid"] == mask.sum()
+    assert counts["kept_vision"] == n_image and counts["kept_language"] == counts["valid"] - n_image
+    assert counts["dropped"] == 0
+    # the same counts over image tokens alone: every one kept by the vision FFN
+    assert counts["image_valid"] == counts["image_kept_vision"] == n_image
+    assert counts["image_kept_language"] == counts["image_dropped"] == 0
