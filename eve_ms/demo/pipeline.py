@@ -75,7 +75,7 @@ PLANS = {
                      learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 5e-4, "stage3": 5e-4},
                      max_objects=2, text_max_length=32),
     "quick": DemoPlan(caption_images=400, instruct_images=2000, eval_images=40,
-                      steps={"stage0": 150, "stage1": 60, "stage2": 60, "stage3": 20},
+                      steps={"stage0": 200, "stage1": 60, "stage2": 60, "stage3": 20},
                       learning_rates={"stage0": 3e-3, "stage1": 1e-2, "stage2": 5e-4, "stage3": 5e-4},
                       variants=("img_gbpr", "random"), seeds=(0,), evaluated=("img_gbpr",),
                       variant_steps={"random": 8},
