@@ -49,6 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MindSpore execution mode (graph compiles each new shape once)")
 
 
+def load_for_generation(checkpoint: str, device_target, exec_mode: str, command: str):
+    """(model, config, tokenizer) of a merged checkpoint, on `device_target` in `exec_mode`, for `chat` and `serve`.
+
+    stdout carries answers only: libraries that log to stdout while they load log to stderr."""
+    from eve_ms.config import ConfigError
+
+    with contextlib.redirect_stdout(sys.stderr):
+        from eve_ms.runtime import setup_context
+
+        setup_context(device_target, exec_mode)
+        from eve_ms.checkpoint_dir import load_eve_checkpoint
+
+        model, config, tokenizer = load_eve_checkpoint(checkpoint)
+    if tokenizer is None:
+        raise ConfigError(f"{checkpoint} has no tokenizer/ folder; {command} needs the checkpoint's tokenizer")
+    return model, config, tokenizer
+
+
 def _error(message: str) -> int:
     print(f"eve-ms chat: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -133,20 +151,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, ValueError, OSError) as err:
         return _error(str(err))
 
-    # stdout carries the answers only: libraries that log to stdout while they load log to stderr
-    with contextlib.redirect_stdout(sys.stderr):
-        from eve_ms.runtime import setup_context
+    try:
+        model, config, tokenizer = load_for_generation(args.checkpoint, args.device_target, args.exec_mode, "chat")
+    except (ConfigError, ValueError, OSError) as err:
+        return _error(str(err))
+    from eve_ms.inference.generate import Generator
 
-        setup_context(args.device_target, args.exec_mode)
-        from eve_ms.checkpoint_dir import load_eve_checkpoint
-        from eve_ms.inference.generate import Generator
-
-        try:
-            model, config, tokenizer = load_eve_checkpoint(args.checkpoint)
-        except (ConfigError, ValueError, OSError) as err:
-            return _error(str(err))
-    if tokenizer is None:
-        return _error(f"{args.checkpoint} has no tokenizer/ folder; chat needs the checkpoint's tokenizer")
     # graph mode compiles a graph per shape: pad prompts and caches to multiples of GRAPH_LENGTH_BUCKET
     bucket = GRAPH_LENGTH_BUCKET if args.exec_mode == "graph" else 1
     session = ChatSession(Generator(model, tokenizer, length_bucket=bucket), config, args.template, generation,

@@ -11,7 +11,6 @@ FastAPI app; stop it with Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -51,8 +50,9 @@ def _error(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eve_ms.checkpoint_dir import read_eve_config
+    from eve_ms.checkpoint_dir import check_not_lora, read_eve_config
     from eve_ms.config import ConfigError
+    from eve_ms.inference.chat import GRAPH_LENGTH_BUCKET, load_for_generation
     from eve_ms.serve.prompts import Limits
 
     for name in ("max_batch", "max_queue", "max_tokens", "max_image_bytes", "max_image_pixels"):
@@ -60,26 +60,14 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     try:
         read_eve_config(args.checkpoint)  # a bad checkpoint fails before the slow part
+        check_not_lora(args.checkpoint)
+        model, config, tokenizer = load_for_generation(args.checkpoint, args.device_target, args.exec_mode, "serve")
     except (ConfigError, ValueError, OSError) as err:
         return _error(str(err))
-
-    with contextlib.redirect_stdout(sys.stderr):
-        from eve_ms.runtime import setup_context
-
-        setup_context(args.device_target, args.exec_mode)
-        from eve_ms.checkpoint_dir import load_eve_checkpoint
-        from eve_ms.data.templates import get_template
-        from eve_ms.inference.chat import GRAPH_LENGTH_BUCKET
-        from eve_ms.inference.generate import Generator
-
-        try:
-            model, config, tokenizer = load_eve_checkpoint(args.checkpoint)
-        except (ConfigError, ValueError, OSError) as err:
-            return _error(str(err))
-    if tokenizer is None:
-        return _error(f"{args.checkpoint} has no tokenizer/ folder; serve needs the checkpoint's tokenizer")
-
     import uvicorn
+
+    from eve_ms.data.templates import get_template
+    from eve_ms.inference.generate import Generator
 
     from eve_ms.serve.app import create_app
     from eve_ms.serve.engine import Engine
