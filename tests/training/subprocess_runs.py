@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import yaml
 
@@ -66,3 +67,13 @@ def run(command, timeout=300) -> subprocess.CompletedProcess:
         stdout, stderr = proc.communicate()
         stderr += f"\n[killed after {timeout} s]"
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def wait_for_file(path, proc, timeout=900) -> bool:
+    """Wait until `path` exists (True) or `proc` ends or `timeout` seconds pass (whether it exists then)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path) or proc.poll() is not None:
+            return os.path.exists(path)
+        time.sleep(0.05)
+    return False

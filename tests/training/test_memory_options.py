@@ -71,6 +71,7 @@ def test_recompute_of_eve_decoder_layers_keeps_the_stage3_losses(tmp_path):
     """The tiny stage-3 Eve (EVF layers, custom allocation kernel) in PyNative: recompute changes nothing."""
     import mindspore as ms
     import numpy as np
+    import toy_task
 
     from eve_ms.config import IGNORE_INDEX
     from eve_ms.models.eve import EveForCausalLM
@@ -91,19 +92,6 @@ def test_recompute_of_eve_decoder_layers_keeps_the_stage3_losses(tmp_path):
                  np.float32)}
     keys = ("input_ids", "attention_mask", "labels", "pixel_values")
 
-    class Batches:
-        def __iter__(self):
-            return iter([batch])
-
-        def __len__(self):
-            return 1
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
     curves = {}
     ms.set_context(mode=ms.PYNATIVE_MODE)
     for recompute in (False, True):
@@ -115,7 +103,7 @@ def test_recompute_of_eve_decoder_layers_keeps_the_stage3_losses(tmp_path):
         config = train_config_from_dict({"stage": 3, "output_dir": str(tmp_path / str(recompute)),
                                          "lr_schedule": {"learning_rate": 1e-3, "total_steps": 10},
                                          "recompute_config": {"recompute": recompute}})
-        task = TrainTask(network=model, loader=Batches(), input_keys=keys,
+        task = TrainTask(network=model, loader=toy_task.FixedBatches(batch), input_keys=keys,
                          layer_cells=tuple(f"llm.model.layers.{i}" for i in range(eve.llm.num_layers)))
         trainer = Trainer(config, task, log=lambda *a, **k: None)
         assert len(trainer.recomputed) == (eve.llm.num_layers if recompute else 0)

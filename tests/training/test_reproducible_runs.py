@@ -9,7 +9,6 @@ the test's LLM has 2 layers instead of 4 to compile faster.
 import os
 import signal
 import subprocess
-import time
 
 import mindspore as ms
 import numpy as np
@@ -72,15 +71,6 @@ def assert_bit_identical(a: dict, b: dict):
     assert not differing, f"{len(differing)} of {len(a)} tensors differ, e.g. {differing[:3]}"
 
 
-def wait_for(path, proc, timeout=900):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path) or proc.poll() is not None:
-            return os.path.exists(path)
-        time.sleep(0.05)
-    return False
-
-
 def test_two_runs_and_a_killed_and_resumed_run_give_bit_identical_weights(start):
     """Three processes: a whole run; a second run of the same yaml, compared with the first at the kill and
     SIGKILLed there; that run resumed with --resume, compared with the first at the end."""
@@ -99,7 +89,7 @@ def test_two_runs_and_a_killed_and_resumed_run_give_bit_identical_weights(start)
     proc = subprocess.Popen(runs.train_command(second_yaml), cwd=runs.REPO, env=runs.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        reached = wait_for(str(second / "checkpoints" / f"step_{KILL_AFTER:08d}.safetensors"), proc)
+        reached = runs.wait_for_file(str(second / "checkpoints" / f"step_{KILL_AFTER:08d}.safetensors"), proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         output = proc.communicate()[0]

@@ -1,8 +1,6 @@
 """A run killed with SIGKILL mid-way and resumed with --resume ends with the weights of an uninterrupted run."""
-import os
 import signal
 import subprocess
-import time
 
 import mindspore as ms
 import numpy as np
@@ -14,16 +12,6 @@ from eve_ms.training.config import load_train_config
 from eve_ms.training.distributed import DistInfo
 from eve_ms.training.metrics import read_log
 from eve_ms.training.trainer import Trainer
-
-
-def _wait_for_checkpoint(proc, directory, step, timeout=240):
-    wanted = os.path.join(directory, f"step_{step:08d}.safetensors")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(wanted) or proc.poll() is not None:
-            return os.path.exists(wanted)
-        time.sleep(0.05)
-    return False
 
 
 def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path):
@@ -43,7 +31,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_weights(tmp_path):
     proc = subprocess.Popen(runs.train_command(config_path), cwd=runs.REPO, env=runs.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        reached = _wait_for_checkpoint(proc, str(out / "checkpoints"), 4)
+        reached = runs.wait_for_file(str(out / "checkpoints" / f"step_{4:08d}.safetensors"), proc, timeout=240)
         proc.send_signal(signal.SIGKILL)
     finally:
         output = proc.communicate()[0]

@@ -85,6 +85,25 @@ def count_targets(batch) -> int:
     return int((np.asarray(batch["labels"]) != IGNORE_INDEX).sum())
 
 
+class FixedBatches:
+    """The trainer's loader protocol over one batch, handed out again every epoch."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        return iter([self.batch])
+
+    def __len__(self):
+        return 1
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
 class ToyLoader:
     """One rank's micro-batches: in each step, micro m of rank r = the step's samples [(mW + r) b, (mW + r + 1) b)."""
 
