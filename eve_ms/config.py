@@ -527,13 +527,35 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def _model_section(raw: dict, source: str) -> dict:
-    """The model config inside a bare or a MindFormers-style yaml."""
-    if "model" in raw and isinstance(raw["model"], dict) and "model_config" in raw["model"]:
-        section = dict(raw["model"]["model_config"])
-        section.pop("type", None)  # MindFormers' registry name, e.g. EveConfig
-        return section
-    return raw
+MODEL_ARCH = "EveForCausalLM"  # MindFormers' `model.arch.type` of an Eve run yaml
+MODEL_SECTION = "model.model_config"  # where a run yaml keeps the EveConfig keys
+
+
+def model_section(model: Any, source: str) -> dict:
+    """The EveConfig keys of a run yaml's `model` section, strictly.
+
+    The one parser of that section (`eve-ms train`, the stages, the planner and `load_eve_config`
+    all read it here): MindFormers' layout (`model_config` with the keys, optional `arch.type`,
+    which must be EveForCausalLM) or a bare mapping of the keys.
+    """
+    section = dict(model or {})
+    if "model_config" in section:
+        arch = (section.get("arch") or {}).get("type", MODEL_ARCH)
+        if arch != MODEL_ARCH:
+            raise ConfigError(f"model.arch.type must be {MODEL_ARCH}, got {arch!r} in {source}")
+        unknown = sorted(set(section) - {"model_config", "arch"})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in model section of {source}")
+        section = dict(section["model_config"] or {})
+        section.pop("type", None)  # MindFormers' registry name (EveConfig)
+    if not section:
+        raise ConfigError(f"{source} has no model section ({MODEL_SECTION} with the EveConfig keys)")
+    return section
+
+
+def run_model_config(model: Any, source: str) -> EveConfig:
+    """The `EveConfig` of a run yaml's `model` section (see `model_section`)."""
+    return from_dict(EveConfig, model_section(model, source), source, MODEL_SECTION)
 
 
 BASE_CONFIG_KEY = "base_config"  # MindFormers' yaml inheritance key
@@ -585,7 +607,10 @@ def read_yaml(path: str | os.PathLike, _chain: tuple = ()) -> dict:
 def load_eve_config(path: str | os.PathLike) -> EveConfig:
     """Load an `EveConfig` from a bare model yaml or a MindFormers-style run yaml."""
     path = os.fspath(path)
-    return from_dict(EveConfig, _model_section(read_yaml(path), path), path)
+    raw = read_yaml(path)
+    if "model" in raw:  # a run yaml
+        return run_model_config(raw["model"], path)
+    return from_dict(EveConfig, raw, path)
 
 
 def save_eve_config(config: EveConfig, path: str | os.PathLike) -> None:

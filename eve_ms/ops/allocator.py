@@ -22,24 +22,13 @@ concatenated expert outputs per token).
 """
 from __future__ import annotations
 
-import math
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from eve_ms.ops.token_allocation import NUM_EXPERTS, STRATEGIES, compute_capacity
+from eve_ms.ops.token_allocation import NUM_EXPERTS, check_allocation_args, compute_capacity
 
 COUNT_NAMES = ("kept_language", "kept_vision", "dropped", "redistributed")
-
-
-def check_allocation_args(strategy: str, beta: float, redistribute_ratio: float) -> None:
-    """The argument checks of the reference, for the arguments fixed at build time."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-    if not 0.0 <= redistribute_ratio <= 1.0:
-        raise ValueError(f"redistribute_ratio (W) must be in [0, 1], got {redistribute_ratio}")
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
 
 
 def _count(mask):

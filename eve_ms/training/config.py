@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -339,6 +339,9 @@ class TrainConfig:
     # Where the config came from and its text, kept in every checkpoint; not yaml keys.
     source: str = field(default="<dict>", repr=False, compare=False)
     yaml_text: str = field(default="", repr=False, compare=False)
+    # The task's own sections (model, data, task_options) as its checker parsed them when the yaml loaded
+    # (`check_runnable`; the Eve stages: `stages.StageSections`), so the task does not parse them again.
+    task_sections: Any = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
         """Checks across sections and of top-level keys; each section checks its own keys when built."""
@@ -395,7 +398,7 @@ class TrainConfig:
 def train_config_from_dict(data: dict, source: str = "<dict>", yaml_text: str = "") -> TrainConfig:
     """Build a `TrainConfig` strictly from a parsed run yaml."""
     data = dict(data or {})
-    for key in ("source", "yaml_text"):
+    for key in ("source", "yaml_text", "task_sections"):
         if key in data:
             raise ConfigError(f"unknown key {key!r} in {source}")
     config = from_dict(TrainConfig, data, source)
@@ -417,7 +420,7 @@ def check_runnable(config: TrainConfig, device_target: Optional[str] = None) -> 
     if config.task == DEFAULT_TASK:
         from eve_ms.training.stages import check_config
 
-        check_config(config)
+        config.task_sections = check_config(config)
 
 
 def load_train_config(path: str | os.PathLike, device_target: Optional[str] = None) -> TrainConfig:

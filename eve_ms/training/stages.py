@@ -55,7 +55,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from eve_ms.checkpoint_dir import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, save_eve_checkpoint
-from eve_ms.config import ConfigError, EveConfig, EVFConfig, from_dict, load_eve_config, save_eve_config, to_dict
+from eve_ms.config import (ConfigError, EveConfig, EVFConfig, from_dict, load_eve_config,
+                           run_model_config, save_eve_config, to_dict)
 from eve_ms.data.config import DataConfig
 from eve_ms.models.evf import ROUTER_INIT_STD
 from eve_ms.training import checkpoint as ckpt
@@ -69,7 +70,6 @@ TRAINABLE = {0: ("llm.*",), 1: ("adapter.*",), 2: ("adapter.*", LORA_PARAM_GLOB)
 MERGED_DIR = "merged"  # stage 2: the LoRA-merged checkpoint directory inside output_dir
 LORA_SCOPE = "llm"
 LORA_EXCLUDED = ("lm_head",)  # left out of the default LoRA targets
-MODEL_ARCH = "EveForCausalLM"
 # Model config sections a stage builds anew, so they may differ from its start checkpoint's
 # model_config.yaml: EVF (stage 3 turns it on; before it, the section only travels along) and
 # stage 1's adapter (it starts from random). Every other field describes the loaded weights.
@@ -90,6 +90,37 @@ class StageOptions:
 # --------------------------------------------------------------------------- config sections
 
 
+@dataclass
+class StageSections:
+    """The sections of a run yaml the stage task reads, parsed and checked once: when the yaml loads
+    (`training.config.check_runnable` keeps them as `TrainConfig.task_sections`), before any tokenizer,
+    data or graph work; `build_stage` and `build_stage_model` read them from there."""
+
+    model: EveConfig
+    options: StageOptions
+    data: DataConfig
+
+
+def stage_sections(config: TrainConfig) -> StageSections:
+    """Parse and check the model, task_options and data sections of a stage run (even those the stage
+    does not use); errors name the key and the file."""
+    options = stage_options(config)
+    eve = model_config(config)
+    return StageSections(model=eve, options=options, data=data_config(config, eve))
+
+
+def check_config(config: TrainConfig) -> StageSections:
+    """`stage_sections`, under the name `check_runnable` calls for the default task."""
+    return stage_sections(config)
+
+
+def sections_of(config: TrainConfig) -> StageSections:
+    """The sections parsed when the yaml loaded; parsed now for a config built without `check_runnable`."""
+    if isinstance(config.task_sections, StageSections):
+        return config.task_sections
+    return stage_sections(config)
+
+
 def stage_options(config: TrainConfig) -> StageOptions:
     options = from_dict(StageOptions, config.task_options, config.source, "task_options")
     if options.moe and config.stage != 3:
@@ -101,19 +132,7 @@ def stage_options(config: TrainConfig) -> StageOptions:
 
 def model_config(config: TrainConfig) -> EveConfig:
     """The EveConfig this stage trains, from the yaml's `model` section (EVF as the stage needs it)."""
-    section = dict(config.model or {})
-    if "model_config" in section:
-        arch = (section.get("arch") or {}).get("type", MODEL_ARCH)
-        if arch != MODEL_ARCH:
-            raise ConfigError(f"model.arch.type must be {MODEL_ARCH}, got {arch!r} in {config.source}")
-        unknown = sorted(set(section) - {"model_config", "arch"})
-        if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} in model section of {config.source}")
-        section = dict(section["model_config"] or {})
-        section.pop("type", None)  # MindFormers' registry name (EveConfig)
-    if not section:
-        raise ConfigError(f"{config.source} has no model section (model.model_config with the EveConfig keys)")
-    eve = from_dict(EveConfig, section, config.source, "model.model_config")
+    eve = run_model_config(config.model, config.source)
     _check_start_architecture(config, eve)
     if config.stage == 3:
         if not eve.evf.enabled:
@@ -174,16 +193,15 @@ def _check_start_architecture(config: TrainConfig, eve: EveConfig) -> None:
         )
 
 
-def check_config(config: TrainConfig) -> None:
-    """Every section the stage task reads (model, task_options, data), checked when the yaml loads, before any
-    tokenizer, data or graph work; a section the stage does not use is checked all the same."""
-    eve = model_config(config)
-    stage_options(config)
-    data_config(config, eve)
-
-
 def data_config(config: TrainConfig, eve: EveConfig) -> DataConfig:
     data = from_dict(DataConfig, config.data, config.source, "data")
+    given = (config.data or {}).get("batch_size")
+    if given is not None and given != config.micro_batch_size:
+        # the trainer owns the micro batch: a second number that silently lost would mislead
+        raise ConfigError(
+            f"data.batch_size={given} disagrees with runner_config.batch_size={config.micro_batch_size} (the micro "
+            f"batch per rank the trainer uses) in {config.source}: delete data.batch_size"
+        )
     data = replace(data, batch_size=config.micro_batch_size)
     if data.max_length > eve.llm.max_position_embeddings:
         raise ConfigError(
@@ -274,14 +292,14 @@ def _dense(eve: EveConfig) -> EveConfig:
     return dense
 
 
-def build_stage_model(config: TrainConfig, log=print):
+def build_stage_model(config: TrainConfig, log=print, sections: StageSections | None = None):
     """(model, eve_config): the stage's EveForCausalLM, initialised as the stage says, frozen but for its trainables."""
     from eve_ms.models.eve import EveForCausalLM
     from eve_ms.models.evf_convert import convert_dense_to_evf, freeze_for_stage3
 
     stage = config.stage
-    eve = model_config(config)
-    options = stage_options(config)
+    sections = sections or sections_of(config)
+    eve, options = sections.model, sections.options
     weights = init_weights_file(config.load_checkpoint, stage)
 
     if stage == 3:
@@ -356,9 +374,8 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
     stage = config.stage
     if stage not in STAGE_NAMES:
         raise ConfigError(f"stage must be one of {sorted(STAGE_NAMES)}, got {stage} in {config.source}")
-    eve = model_config(config)
-    options = stage_options(config)
-    data = data_config(config, eve)
+    sections = sections_of(config)
+    eve, options, data = sections.model, sections.options, sections.data
     data.check_data_path()  # before the slow part: tokenizer, model
     weights = init_weights_file(config.load_checkpoint, stage)
     if weights and os.path.abspath(os.path.dirname(weights)) == os.path.abspath(config.output_dir):
@@ -378,7 +395,7 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
     # reads only the image size/statistics and image token count, which the built model must share.
     loader = build_loader(data, eve, tokenizer, dist.rank, dist.world_size, config.grad_accum,
                           batch_size=config.micro_batch_size)
-    model, eve = build_stage_model(config, log)
+    model, eve = build_stage_model(config, log, sections)
     network = EveTrainNetwork(model)
     if stage == 0 and loader.index.has_image.any():
         raise ConfigError(
