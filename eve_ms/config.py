@@ -330,7 +330,9 @@ class EVFConfig:
     enabled: bool = False
     # alternate (even layers) | all | first_half | second_half | explicit list of layer indices
     layers: Union[str, list] = "alternate"
-    mode: str = "multimodal"  # multimodal | language_only | moe
+    # multimodal | language_only | moe; moe in a stage-3 run trains the "MoE x2top1" ablation (plain top-1
+    # routing, language FFNs trainable too): the one switch for it
+    mode: str = "multimodal"
     strategy: str = "img_gbpr"  # random | gbpr | img_gbpr
     capacity_factor: float = 1.5  # while the layer trains
     # otherwise (set_train(False): generation, eval, chat); 2.0 = every token slot with two experts, as the
@@ -343,6 +345,10 @@ class EVFConfig:
     aux_loss_alpha: float = 0.001
     # Allocation implementation: auto (by device target) | composed (MindSpore ops) | custom (native kernel)
     kernel: str = "auto"
+    # Std of the routers' initial normal weights, drawn from the run's seed when stage 3 converts the dense
+    # FFNs (eve_ms/models/evf_convert.py says why not zero); 0: zero routers. How random weights start only:
+    # a loaded checkpoint's routers are whatever it holds.
+    router_init_std: float = 0.02
 
     def __post_init__(self):
         self.validate()
@@ -370,6 +376,8 @@ class EVFConfig:
             raise ConfigError(f"evf.redistribute_ratio must be in [0, 1], got {self.redistribute_ratio}")
         if not self.aux_loss_alpha >= 0:
             raise ConfigError(f"evf.aux_loss_alpha must be >= 0, got {self.aux_loss_alpha}")
+        if not self.router_init_std >= 0:
+            raise ConfigError(f"evf.router_init_std must be >= 0, got {self.router_init_std}")
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """Indices of the LLM layers whose FFN is an EVF layer."""
@@ -415,33 +423,6 @@ class EveConfig:
     def num_image_tokens(self) -> int:
         """LLM positions one image occupies after the adapter."""
         return self.adapter.num_output_tokens(self.vision)
-
-    def param_counts(self) -> dict:
-        """Parameter counts computed from the config alone (no weights allocated).
-
-        `activated` counts what one token passes through: in an EVF layer a token uses
-        one of the two FFNs, so one FFN per EVF layer is not activated.
-        """
-        from eve_ms.models.adapter import adapter_param_count
-        from eve_ms.models.llm import ffn_param_count, llm_param_count
-        from eve_ms.models.vision import vision_param_count
-
-        vision = vision_param_count(self.vision)
-        adapter = adapter_param_count(self.adapter, self.vision.feature_dim, self.llm.hidden_size)
-        llm = llm_param_count(self.llm)
-        evf_layers = self.evf.layer_indices(self.llm.num_layers)
-        router = 2 * self.llm.hidden_size  # linear router, no bias, two experts
-        vision_ffns = sum(ffn_param_count(self.llm, self.llm.ffn_kind(i)) for i in evf_layers)
-        evf_extra = vision_ffns + len(evf_layers) * router
-        total = vision + adapter + llm + evf_extra
-        return {
-            "vision": vision,
-            "adapter": adapter,
-            "llm": llm,
-            "evf_extra": evf_extra,
-            "total": total,
-            "activated": total - vision_ffns,
-        }
 
 
 # --------------------------------------------------------------------------- yaml io

@@ -1,8 +1,8 @@
 """What a run yaml asks of one device: the model, what trains, the step's shape and the trainer options.
 
 Read from the same yaml `eve-ms train` reads (`TrainConfig`), without MindSpore: the model section by
-`eve_ms.config.run_model_config` (the parser the stages use), the trainable parts as `stages.TRAINABLE` /
-`freeze_for_stage3` set them, LoRA targets as `stages.lora_targets` resolves `target_modules: null`
+`eve_ms.config.run_model_config` (the parser the stages use), the trainable parts as the table of
+`eve_ms.training.trainable` sets them, LoRA targets as `stages.lora_targets` resolves `target_modules: null`
 (every nn.Dense of the LLM but lm_head).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ class StageSpec:
 def stage_spec(config: TrainConfig, seq_len: Optional[int] = None) -> StageSpec:
     """The `StageSpec` of a loaded run yaml; `seq_len` None: the data section's max_length (the largest step)."""
     model = run_model_config(config.model, config.source)
-    moe = bool((config.task_options or {}).get("moe", False))
+    moe = model.evf.mode == "moe"  # the one switch of the MoE x2top1 ablation
     if config.stage == 3 and not model.evf.enabled:
         raise ConfigError(f"stage 3 needs model.model_config.evf.enabled: true in {config.source}")
     if config.stage != 3 and model.evf.enabled:

@@ -75,7 +75,7 @@ Unknown keys are errors naming the key and the file.
 
 Every section is checked when the yaml loads (`load_train_config`), each key by the dataclass that
 owns it, before any tokenizer, data or graph work; the Eve stages' task also checks its model,
-data and task_options sections then, even those the stage does not use (`stages.check_config`),
+data and task_options sections then, even those the stage does not use (`stages.stage_sections`, parsed once),
 and the compute dtype against the run's device. Errors are `ConfigError`s naming the key and the file.
 
 Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
@@ -412,15 +412,15 @@ def check_runnable(config: TrainConfig, device_target: Optional[str] = None) -> 
     """What a config about to train must also satisfy (a config stored in a checkpoint need not):
     its compute dtype runs on the run's device (`device_target`, default the yaml's / this machine's), and the sections its task reads (model, data,
     task_options) are valid; the Eve stages' task checks them all, whatever the stage uses
-    (`eve_ms.training.stages.check_config`), before any tokenizer, data or graph work."""
+    (`eve_ms.training.stages.stage_sections`, kept as `task_sections`), before any tokenizer, data or graph work."""
     try:
         config.runner_wrapper.check_device(device_target or config.context.device)
     except ConfigError as err:
         raise ConfigError(f"{config.source}: {err}") from None
     if config.task == DEFAULT_TASK:
-        from eve_ms.training.stages import check_config
+        from eve_ms.training.stages import stage_sections
 
-        config.task_sections = check_config(config)
+        config.task_sections = stage_sections(config)
 
 
 def load_train_config(path: str | os.PathLike, device_target: Optional[str] = None) -> TrainConfig:

@@ -5,7 +5,8 @@ import pytest
 from mindspore import nn, ops
 
 from eve_ms.training.config import LoraSettings
-from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but, merge_lora
+from eve_ms.training.lora import apply_lora, merge_lora
+from eve_ms.training.trainable import LORA_PARAM_GLOB, freeze_all_but
 from toy_task import ToyLM
 
 
