@@ -158,6 +158,8 @@ def merge_lora_tensors(tensors: dict, settings: LoraSettings, source: str) -> tu
     """(tensors, count): a LoRA checkpoint's tensors with every LoRA layer merged into its base weight, as
     `merge_lora` merges the built layers (the same formula, scaling = lora_alpha / lora_rank), so stage 3
     builds its model once, without rebuilding stage 2's LoRA layers. Errors name the tensor and `source`."""
+    from eve_ms.training.checkpoint import CheckpointError
+
     suffix_a, suffix_b = f".{LORA_A}", f".{LORA_B}"
     layers = sorted(name[: -len(suffix_a)] for name in tensors if name.endswith(suffix_a))
     merged = {name: value for name, value in tensors.items() if not name.endswith((suffix_a, suffix_b))}
@@ -166,9 +168,9 @@ def merge_lora_tensors(tensors: dict, settings: LoraSettings, source: str) -> tu
         weight = tensors.get(layer + ".weight")
         if lora_b is None or weight is None:
             missing = layer + (suffix_b if lora_b is None else ".weight")
-            raise ValueError(f"{source} has {layer + suffix_a} but not {missing}")
+            raise CheckpointError(f"{source} has {layer + suffix_a} but not {missing}")
         if lora_a.shape[0] != settings.lora_rank:
-            raise ValueError(f"{source}: {layer + suffix_a} has rank {lora_a.shape[0]}, its pet_config says "
+            raise CheckpointError(f"{source}: {layer + suffix_a} has rank {lora_a.shape[0]}, its pet_config says "
                              f"lora_rank {settings.lora_rank}")
         merged[layer + ".weight"] = merged_lora_weight(weight, lora_a, lora_b,
                                                        settings.lora_alpha / settings.lora_rank)
