@@ -91,6 +91,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from eve_ms.config import ConfigError, from_dict, read_yaml
+from eve_ms.training.trainable import STAGE_NAMES
 
 DEFAULT_TASK = "eve_ms.training.stages:build_stage"
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
@@ -348,8 +349,9 @@ class TrainConfig:
         where = self.source
         if self.run_mode not in ("train", "finetune"):
             raise ConfigError(f"run_mode must be train or finetune, got {self.run_mode!r} in {where}")
-        if self.stage not in (0, 1, 2, 3):
-            raise ConfigError(f"stage must be 0, 1, 2 or 3, got {self.stage!r} in {where}")
+        if self.stage not in STAGE_NAMES:
+            *most, last = sorted(STAGE_NAMES)
+            raise ConfigError(f"stage must be {', '.join(map(str, most))} or {last}, got {self.stage!r} in {where}")
         self._check_parallel_optimizer()
         if ":" not in self.task:
             raise ConfigError(f"task must be 'module:function' or 'file.py:function', got {self.task!r} in {where}")

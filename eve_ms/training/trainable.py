@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 
+STAGE_NAMES = {0: "llm_pretrain", 1: "adapter", 2: "adapter_lora", 3: "evf"}  # the stages a run yaml's `stage` names
 LORA_PARAM_GLOB = "*.mindpet_delta_lora_*"  # the factors mindpet's LoRADense adds (lora_a, lora_b)
 LLM_SCOPE = "llm."  # where the LLM's parameters live in EveForCausalLM
 _EVF_PART = LLM_SCOPE + "model.layers.*.mlp.{}.*"
