@@ -22,7 +22,7 @@ COMMANDS = {
     "demo": ("eve_ms.demo.pipeline", "run the embedded default: the whole three-stage method on a tiny model"),
     "train": ("eve_ms.training.launch", "train one stage from a yaml config (also under msrun)"),
     "plot": ("eve_ms.training.plots", "plot a training JSONL log to PNG"),
-    "data": ("eve_ms.data.check", "validate a LLaVA-format dataset, or mix several by a recipe"),
+    "data": ("eve_ms.data.command", "validate a LLaVA-format dataset, or mix several by a recipe"),
     "chat": ("eve_ms.inference.chat", "chat with a checkpoint, with or without an image"),
     "serve": ("eve_ms.serve.command", "serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page"),
     "eval": ("eve_ms.eval.run", "evaluate a checkpoint on a benchmark"),

@@ -330,7 +330,9 @@ class EVFConfig:
     enabled: bool = False
     # alternate (even layers) | all | first_half | second_half | explicit list of layer indices
     layers: Union[str, list] = "alternate"
-    mode: str = "multimodal"  # multimodal | language_only | moe
+    # multimodal | language_only | moe; moe in a stage-3 run trains the "MoE x2top1" ablation (plain top-1
+    # routing, language FFNs trainable too): the one switch for it
+    mode: str = "multimodal"
     strategy: str = "img_gbpr"  # random | gbpr | img_gbpr
     capacity_factor: float = 1.5  # while the layer trains
     # otherwise (set_train(False): generation, eval, chat); 2.0 = every token slot with two experts, as the
@@ -343,6 +345,10 @@ class EVFConfig:
     aux_loss_alpha: float = 0.001
     # Allocation implementation: auto (by device target) | composed (MindSpore ops) | custom (native kernel)
     kernel: str = "auto"
+    # Std of the routers' initial normal weights, drawn from the run's seed when stage 3 converts the dense
+    # FFNs (eve_ms/models/evf_convert.py says why not zero); 0: zero routers. How random weights start only:
+    # a loaded checkpoint's routers are whatever it holds.
+    router_init_std: float = 0.02
 
     def __post_init__(self):
         self.validate()
@@ -370,6 +376,8 @@ class EVFConfig:
             raise ConfigError(f"evf.redistribute_ratio must be in [0, 1], got {self.redistribute_ratio}")
         if not self.aux_loss_alpha >= 0:
             raise ConfigError(f"evf.aux_loss_alpha must be >= 0, got {self.aux_loss_alpha}")
+        if not self.router_init_std >= 0:
+            raise ConfigError(f"evf.router_init_std must be >= 0, got {self.router_init_std}")
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """Indices of the LLM layers whose FFN is an EVF layer."""
@@ -415,33 +423,6 @@ class EveConfig:
     def num_image_tokens(self) -> int:
         """LLM positions one image occupies after the adapter."""
         return self.adapter.num_output_tokens(self.vision)
-
-    def param_counts(self) -> dict:
-        """Parameter counts computed from the config alone (no weights allocated).
-
-        `activated` counts what one token passes through: in an EVF layer a token uses
-        one of the two FFNs, so one FFN per EVF layer is not activated.
-        """
-        from eve_ms.models.adapter import adapter_param_count
-        from eve_ms.models.llm import ffn_param_count, llm_param_count
-        from eve_ms.models.vision import vision_param_count
-
-        vision = vision_param_count(self.vision)
-        adapter = adapter_param_count(self.adapter, self.vision.feature_dim, self.llm.hidden_size)
-        llm = llm_param_count(self.llm)
-        evf_layers = self.evf.layer_indices(self.llm.num_layers)
-        router = 2 * self.llm.hidden_size  # linear router, no bias, two experts
-        vision_ffns = sum(ffn_param_count(self.llm, self.llm.ffn_kind(i)) for i in evf_layers)
-        evf_extra = vision_ffns + len(evf_layers) * router
-        total = vision + adapter + llm + evf_extra
-        return {
-            "vision": vision,
-            "adapter": adapter,
-            "llm": llm,
-            "evf_extra": evf_extra,
-            "total": total,
-            "activated": total - vision_ffns,
-        }
 
 
 # --------------------------------------------------------------------------- yaml io
@@ -527,13 +508,35 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def _model_section(raw: dict, source: str) -> dict:
-    """The model config inside a bare or a MindFormers-style yaml."""
-    if "model" in raw and isinstance(raw["model"], dict) and "model_config" in raw["model"]:
-        section = dict(raw["model"]["model_config"])
-        section.pop("type", None)  # MindFormers' registry name, e.g. EveConfig
-        return section
-    return raw
+MODEL_ARCH = "EveForCausalLM"  # MindFormers' `model.arch.type` of an Eve run yaml
+MODEL_SECTION = "model.model_config"  # where a run yaml keeps the EveConfig keys
+
+
+def model_section(model: Any, source: str) -> dict:
+    """The EveConfig keys of a run yaml's `model` section, strictly.
+
+    The one parser of that section (`eve-ms train`, the stages, the planner and `load_eve_config`
+    all read it here): MindFormers' layout (`model_config` with the keys, optional `arch.type`,
+    which must be EveForCausalLM) or a bare mapping of the keys.
+    """
+    section = dict(model or {})
+    if "model_config" in section:
+        arch = (section.get("arch") or {}).get("type", MODEL_ARCH)
+        if arch != MODEL_ARCH:
+            raise ConfigError(f"model.arch.type must be {MODEL_ARCH}, got {arch!r} in {source}")
+        unknown = sorted(set(section) - {"model_config", "arch"})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in model section of {source}")
+        section = dict(section["model_config"] or {})
+        section.pop("type", None)  # MindFormers' registry name (EveConfig)
+    if not section:
+        raise ConfigError(f"{source} has no model section ({MODEL_SECTION} with the EveConfig keys)")
+    return section
+
+
+def run_model_config(model: Any, source: str) -> EveConfig:
+    """The `EveConfig` of a run yaml's `model` section (see `model_section`)."""
+    return from_dict(EveConfig, model_section(model, source), source, MODEL_SECTION)
 
 
 BASE_CONFIG_KEY = "base_config"  # MindFormers' yaml inheritance key
@@ -585,7 +588,10 @@ def read_yaml(path: str | os.PathLike, _chain: tuple = ()) -> dict:
 def load_eve_config(path: str | os.PathLike) -> EveConfig:
     """Load an `EveConfig` from a bare model yaml or a MindFormers-style run yaml."""
     path = os.fspath(path)
-    return from_dict(EveConfig, _model_section(read_yaml(path), path), path)
+    raw = read_yaml(path)
+    if "model" in raw:  # a run yaml
+        return run_model_config(raw["model"], path)
+    return from_dict(EveConfig, raw, path)
 
 
 def save_eve_config(config: EveConfig, path: str | os.PathLike) -> None:

@@ -8,6 +8,9 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown pytest's 
 # MindFormers writes its logs under ./output unless told otherwise: keep the checkout clean.
 os.environ.setdefault("LOCAL_DEFAULT_PATH", os.path.join(os.environ.get("TMPDIR", "/tmp"), "eve_ms_mindformers"))
 
+# tools/ modules that tests exercise (parity_cases, ...) import by name, as tools/parity.py imports them
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tools"))
+
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

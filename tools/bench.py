@@ -101,7 +101,7 @@ def format_table(metrics) -> str:
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    from eve_ms.training.mindformers_env import import_mindformers
+    from eve_ms.mindformers_env import import_mindformers
 
     import_mindformers()  # before any module imports it: keeps its logs out of the working directory
     from benchmarks.common import Report

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-STRATEGY_CODES = {"random": 0, "gbpr": 1, "img_gbpr": 2}
+from eve_ms.ops.token_allocation import STRATEGY_CODES
 
 
 class CudaRawAllocation:

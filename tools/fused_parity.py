@@ -132,7 +132,8 @@ def _rms_norm(dtype, rng, small):
 def _rotary(dtype, rng, small):
     from mindspore import ops
 
-    from eve_ms.models.llm import _apply_rope, rope_tables
+    from eve_ms.models.llm import _apply_rope
+    from eve_ms.models.rope import rope_tables
     from eve_ms.ops.fused import ROTARY_MODE_ROTATE_HALF, rotary_layout
 
     b, s, n, d = (2, 32, 2, 16) if small else (2, 128, 8, 128)
@@ -176,7 +177,8 @@ def _attention(heads, kv_heads, head_dim, side, grad=False):
         import mindspore as ms
         from mindspore import ops
 
-        from eve_ms.models.llm import Attention, _mask_bias, rope_tables
+        from eve_ms.models.llm import Attention, _mask_bias
+        from eve_ms.models.rope import rope_tables
         from eve_ms.ops.fused import COMPOSED, FusedOps
 
         b, s, d = (2, 24, 16) if small else (2, 128, head_dim)

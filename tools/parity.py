@@ -8,7 +8,7 @@ exactly, on expert, slot and counts, with the backends of the device: CPU -> the
 composed ops and the C++ kernel; Ascend -> the composed ops and the AscendC operator; GPU ->
 `cuda-raw`, the CUDA kernel called through ctypes on PyTorch CUDA tensors (tools/cuda_raw.py),
 because MindSpore 2.9 has no GPU backend. Model cases compare eve-ms cells with their PyTorch /
-Hugging Face counterparts (`eve_ms.convert.parity_cases`); with GPU the references run on CUDA
+Hugging Face counterparts (tools/parity_cases.py); with GPU the references run on CUDA
 and the eve-ms cells on MindSpore's CPU backend. Cases whose requirements (torch, ...) are not
 installed are skipped with a message. The table lists case, backend, max error, tolerance and
 PASS / FAIL / SKIP; the exit status is 1 when any row fails, 2 for bad usage, 3 when the device
@@ -22,7 +22,7 @@ bfloat16 tolerances stated there. They are not registered for other targets (tho
 Registries, so cases and backends plug in without editing this file:
 - `register_case(case)`: any object with `name`, `requires` (module names) and
   `run(device_target) -> iterable of (backend, max_error, tolerance[, detail])`.
-  `eve_ms.convert.parity_cases` provides such objects from a `parity_cases()` function.
+  tools/parity_cases.py provides such objects from a `parity_cases()` function.
 - `register_allocation_backend(name, factory)`: `factory(case, device_target)` returns
   `allocate(probs, is_image, valid, noise) -> (expert, slot, counts)` on numpy arrays.
 """
@@ -42,15 +42,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (str(REPO), str(REPO / "tools")):  # eve_ms, and the case modules beside this file
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 os.environ.setdefault("GLOG_v", "3")
 
 import numpy as np  # noqa: E402
 
 from eve_ms.ops.token_allocation import allocate_reference, compute_capacity  # noqa: E402
 
-MODEL_CASE_MODULE = "eve_ms.convert.parity_cases"
+MODEL_CASE_MODULE = "parity_cases"  # tools/parity_cases.py
 NATIVE_BACKEND = {"CPU": "cpu", "GPU": "cuda", "Ascend": "ascend"}
 DEFAULT_BACKENDS = {"CPU": ["composed", "cpu"], "GPU": ["cuda-raw"], "Ascend": ["composed", "ascend"]}
 # MindSpore's device target per harness target: MindSpore 2.9 has no GPU backend, so on GPU the
@@ -309,7 +310,7 @@ def _missing_requirements(case) -> list[str]:
 
 
 def _load_model_cases() -> list[Row]:
-    """Register the model-cell cases of eve_ms.convert.parity_cases; rows saying why when there are none."""
+    """Register the model-cell cases of tools/parity_cases.py; rows saying why when there are none."""
     try:
         found = importlib.util.find_spec(MODEL_CASE_MODULE) is not None
     except ModuleNotFoundError:

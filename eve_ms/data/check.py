@@ -183,9 +183,8 @@ def check_dataset(
     return result
 
 
-def add_arguments(parser) -> None:
-    actions = parser.add_subparsers(dest="data_action", metavar="ACTION", required=True)
-    p = actions.add_parser("check", help="validate a LLaVA-format data set and summarise every problem")
+def add_arguments(p) -> None:
+    """The `check` action of `eve-ms data` (the command is `eve_ms.data.command`)."""
     p.add_argument("data_path", help="JSON list or JSONL file of {id, image?, conversations}")
     p.add_argument("--image-folder", default="", help="folder the `image` paths are relative to")
     p.add_argument("--tokenizer", default="", help="tokenizer.json or tokenizer directory: also check lengths")
@@ -196,9 +195,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes decoding images")
     p.add_argument("--max-ids", type=int, default=10, help="sample ids listed per problem")
     p.add_argument("-v", "--verbose", action="store_true", help="print every problem with its detail")
-    from eve_ms.data import mix  # `eve-ms data mix` runs eve_ms.data.mix (which imports this module)
-
-    mix.add_arguments(actions.add_parser("mix", help="one LLaVA-format JSONL drawn from several sources by a recipe"))
+    p.set_defaults(_module=__name__)
 
 
 def run(args) -> int:

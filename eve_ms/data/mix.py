@@ -404,7 +404,7 @@ def mix(recipe: Recipe, out_dir: str, workers: int = 1, progress: bool = False, 
 
 
 def add_arguments(parser) -> None:
-    """The `mix` action of `eve-ms data` (the `data` command is `eve_ms.data.check`)."""
+    """The `mix` action of `eve-ms data` (the command is `eve_ms.data.command`)."""
     parser.add_argument("recipe", help="recipe yaml: image_root, seed, check, sources (see yaml_configs/data/)")
     parser.add_argument("--out", required=True, help="folder for the mixed JSONL and manifest.json")
     parser.add_argument("--workers", type=int, default=1, help="processes running the checks (same output)")

@@ -10,13 +10,16 @@ Weight names: `vision_tower.*`, `adapter.*`, `llm.*` (the LLM's own names are Hu
 from __future__ import annotations
 
 import mindspore as ms
-from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 from mindspore import nn, ops
 
 from eve_ms.config import EveConfig
+from eve_ms.mindformers_env import mindformers_registry
 from eve_ms.models.adapter import build_adapter
 from eve_ms.models.llm import LLM
 from eve_ms.models.vision import build_vision_encoder
+from eve_ms.ops.token_allocation import NUM_EXPERTS
+
+MindFormerModuleType, MindFormerRegister = mindformers_registry()
 
 
 def modality_mask(input_ids, image_token_index: int):
@@ -79,8 +82,33 @@ class EveForCausalLM(nn.Cell):
         self.llm.set_evf_mode(mode)
 
 
+def param_counts(config: EveConfig) -> dict:
+    """Parameter counts computed from the config alone (no weights allocated), by the models' own formulas.
+
+    `activated` counts what one token passes through: in an EVF layer a token uses one of the two
+    FFNs, so one FFN per EVF layer is not activated. (`eve_ms.plan.inventory.param_counts` counts the
+    same without MindSpore, for ViT backbones; tests/plan checks the two agree.)
+    """
+    from eve_ms.models.adapter import adapter_param_count
+    from eve_ms.models.ffn import ffn_param_count
+    from eve_ms.models.llm import llm_param_count
+    from eve_ms.models.vision import vision_param_count
+
+    llm_config = config.llm
+    vision = vision_param_count(config.vision)
+    adapter = adapter_param_count(config.adapter, config.vision.feature_dim, llm_config.hidden_size)
+    llm = llm_param_count(llm_config)
+    evf_layers = config.evf.layer_indices(llm_config.num_layers)
+    router = NUM_EXPERTS * llm_config.hidden_size  # linear router, no bias
+    vision_ffns = sum(ffn_param_count(llm_config, llm_config.ffn_kind(i)) for i in evf_layers)
+    evf_extra = vision_ffns + len(evf_layers) * router
+    total = vision + adapter + llm + evf_extra
+    return {"vision": vision, "adapter": adapter, "llm": llm, "evf_extra": evf_extra, "total": total,
+            "activated": total - vision_ffns}
+
+
 def eve_param_count(model: nn.Cell) -> int:
-    """Parameters of an instantiated model (what `EveConfig.param_counts()['total']` predicts)."""
+    """Parameters of an instantiated model (what `param_counts(config)['total']` predicts)."""
     return sum(int(p.size) for p in model.get_parameters() if "moving_" not in p.name)
 
 

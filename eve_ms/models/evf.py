@@ -47,7 +47,7 @@ from mindspore.common.initializer import Normal, initializer
 from eve_ms.config import EVF_MODES, EVFConfig, LLMConfig
 from eve_ms.models.ffn import FeedForward
 from eve_ms.ops.allocator import allocate_tokens, combine_indices, dispatch_indices
-from eve_ms.ops.token_allocation import NUM_EXPERTS, compute_capacity
+from eve_ms.ops.token_allocation import LANGUAGE, NUM_EXPERTS, VISION, compute_capacity
 
 # Per EVF layer: counts over all valid tokens, then the same counts over valid image tokens (text =
 # all - image). "redistributed" counts tokens run by the expert they did not prefer (Img-GBPR's
@@ -58,7 +58,6 @@ ROUTING_STAT_NAMES = ("valid", "kept_language", "kept_vision", "dropped", "redis
                       "image_redistributed")
 NUM_ROUTING_STATS = len(ROUTING_STAT_NAMES)
 MOE_STRATEGY = "gbpr"  # plain top-1 routing: argmax P, priority P[x, pref], no prior
-ROUTER_INIT_STD = 0.02
 
 
 def check_evf_config(evf_config: EVFConfig) -> None:
@@ -85,8 +84,8 @@ class Router(nn.Cell):
 
     def __init__(self, hidden_size: int, evf_config: EVFConfig):
         super().__init__()
-        self.weight = Parameter(initializer(Normal(ROUTER_INIT_STD), [NUM_EXPERTS, hidden_size], ms.float32),
-                                name="weight")
+        self.weight = Parameter(initializer(Normal(evf_config.router_init_std), [NUM_EXPERTS, hidden_size],
+                                            ms.float32), name="weight")
         self.matmul = ops.MatMul(transpose_b=True)
         self.strategy = evf_config.strategy
         self.capacity_factor = float(evf_config.capacity_factor)
@@ -150,9 +149,9 @@ class Router(nn.Cell):
         if self.strategy == "img_gbpr":
             image = is_image.astype(ms.float32)
             beta = ms.Tensor(self.beta, ms.float32)
-            first, second = probs[:, 0] + (1.0 - image) * beta, probs[:, 1] + image * beta
+            first, second = probs[:, LANGUAGE] + (1.0 - image) * beta, probs[:, VISION] + image * beta
         else:
-            first, second = probs[:, 0], probs[:, 1]
+            first, second = probs[:, LANGUAGE], probs[:, VISION]
         return (second > first).astype(ms.int32)
 
     def image_stats(self, probs, expert, is_image, valid):
@@ -160,7 +159,7 @@ class Router(nn.Cell):
         image = ops.logical_and(is_image, valid)
         count = lambda mask: ops.logical_and(image, mask).astype(ms.float32).sum()  # noqa: E731
         total = image.astype(ms.float32).sum()
-        language, vision = count(expert == 0), count(expert == 1)
+        language, vision = count(expert == LANGUAGE), count(expert == VISION)
         moved = count(ops.logical_and(expert >= 0, expert != self.preferred_expert(probs, is_image)))
         return ops.stack((total, language, vision, total - language - vision, moved))
 
@@ -219,13 +218,15 @@ class EVFLayer(nn.Cell):
         # Expert buffers: slot s of expert e holds token dispatch[e, s]; empty slots read the zero row.
         dispatch = dispatch_indices(expert, slot, capacity)
         padded = ops.concat((tokens, ops.zeros((1, hidden), tokens.dtype)))
-        language_out = self.language_ffn(ops.gather(padded, dispatch[0], 0))
-        vision_out = self.vision_ffn(ops.gather(padded, dispatch[1], 0))
+        language_out = self.language_ffn(ops.gather(padded, dispatch[LANGUAGE], 0))
+        vision_out = self.vision_ffn(ops.gather(padded, dispatch[VISION], 0))
         rows = ops.concat((language_out, vision_out, ops.zeros((1, hidden), language_out.dtype)))
         out = ops.gather(rows, combine_indices(expert, slot, capacity), 0)
 
         # P[x, expert]; 0 for dropped and padding rows, selected rather than multiplied so that a NaN row stays 0
-        gate = ops.where(expert == 1, probs[:, 1], ops.where(expert == 0, probs[:, 0], ops.zeros_like(probs[:, 0])))
+        language_p, vision_p = probs[:, LANGUAGE], probs[:, VISION]
+        gate = ops.where(expert == VISION, vision_p,
+                         ops.where(expert == LANGUAGE, language_p, ops.zeros_like(language_p)))
         if self.combine == "unit":
             # value exactly `out` (gate - gate == 0 exactly), gradient of `gate` as for out * gate; `out`'s own
             # gradient passes unchanged (stop_gradient spares the backward pass a [T, H] product with zero)

@@ -1,4 +1,4 @@
-"""Stage 2 -> stage 3: a dense LLM becomes an LLM with EVF layers, and the stage-3 freezing.
+"""Stage 2 -> stage 3: the weights of a dense LLM become those of an LLM with EVF layers.
 
 `convert_dense_to_evf` builds the LLM with `evf_config` enabled and copies every weight of the
 dense one; in each EVF layer both the language FFN and the vision FFN receive exact copies of
@@ -10,7 +10,11 @@ zero: with zero weights P = 0.5 for every token, so gbpr and moe send every toke
 language expert (argmax ties go to expert 0) and drop the overflow by token position, and
 img_gbpr's priorities S are all tied, so which tokens overflow is decided by their position
 alone. A small random router keeps the routing content-dependent from the first step while
-P stays close to 0.5. `router_init_std=0` gives the zero router anyway.
+P stays close to 0.5. `evf.router_init_std: 0` gives the zero router anyway.
+
+`evf_initial_values` is the mapping on plain arrays, for any model holding the LLM (stage 3 builds
+its Eve model once and loads these values); `convert_dense_to_evf` applies it to a built LLM. What
+stage 3 then trains is in `eve_ms.training.trainable`.
 """
 from __future__ import annotations
 
@@ -20,14 +24,11 @@ import mindspore as ms
 import numpy as np
 
 from eve_ms.config import EVFConfig
-from eve_ms.models.evf import ROUTER_INIT_STD
 from eve_ms.models.llm import LLM
 
-_EXPERT_PARAM = re.compile(r"^(model\.layers\.\d+\.mlp)\.(?:language_ffn|vision_ffn)\.(.+)$")
-_ROUTER_PARAM = re.compile(r"^model\.layers\.\d+\.mlp\.router\.weight$")
-# what stage 3 trains (DESIGN section 2); the moe ablation trains the language FFN too
-_STAGE3_TRAINABLE = re.compile(r"\.mlp\.(?:vision_ffn|router)\.")
-_MOE_TRAINABLE = re.compile(r"\.mlp\.(?:vision_ffn|language_ffn|router)\.")
+# EVF-model names of the two experts and of the router, with or without a scope before `model.` (`llm.` in Eve)
+_EXPERT_PARAM = re.compile(r"^((?:.*\.)?model\.layers\.\d+\.mlp)\.(?:language_ffn|vision_ffn)\.(.+)$")
+_ROUTER_PARAM = re.compile(r"^(?:.*\.)?model\.layers\.\d+\.mlp\.router\.weight$")
 
 
 def dense_source_name(evf_param_name: str) -> str | None:
@@ -40,46 +41,52 @@ def dense_source_name(evf_param_name: str) -> str | None:
     return evf_param_name
 
 
-def convert_dense_to_evf(dense_llm: LLM, evf_config: EVFConfig, router_init_std: float = ROUTER_INIT_STD,
+def evf_initial_values(evf_params, dense: dict, router_init_std: float, seed: int = 0) -> dict:
+    """Initial values of an EVF model's parameters, name -> array, from the dense model's `dense` arrays.
+
+    `evf_params`: the EVF model's (name, shape) pairs in parameter order (the routers draw from one
+    seeded generator in that order). Both experts of an EVF layer get the dense FFN's arrays, a router
+    normal(0, `router_init_std`) (zeros for 0), every other parameter its own array. A parameter whose
+    source `dense` lacks is left out, and a dense array no parameter took is kept under its own name,
+    so a strict load of the result names the tensor at fault."""
+    rng = np.random.default_rng(seed)
+    values, copied = {}, set()
+    for name, shape in evf_params:
+        source = dense_source_name(name)
+        if source is None:
+            weight = rng.normal(0.0, router_init_std, tuple(shape)) if router_init_std else np.zeros(tuple(shape))
+            values[name] = weight.astype(np.float32)
+        elif source in dense:
+            values[name] = dense[source]
+            copied.add(source)
+    values.update({name: value for name, value in dense.items() if name not in copied})
+    return values
+
+
+def convert_dense_to_evf(dense_llm: LLM, evf_config: EVFConfig, router_init_std: float | None = None,
                          seed: int = 0) -> LLM:
-    """A new LLM with EVF layers where `evf_config` says, holding copies of `dense_llm`'s weights."""
+    """A new LLM with EVF layers where `evf_config` says, holding copies of `dense_llm`'s weights
+    (`router_init_std` None: `evf_config.router_init_std`)."""
     if not evf_config.enabled:
         raise ValueError("convert_dense_to_evf needs an evf_config with enabled: true")
     if dense_llm.num_evf_layers:
         raise ValueError("convert_dense_to_evf expects a dense LLM, but this one already has EVF layers")
-    if router_init_std < 0:
-        raise ValueError(f"router_init_std must be >= 0, got {router_init_std}")
-    dense = dict(dense_llm.parameters_and_names())
+    std = evf_config.router_init_std if router_init_std is None else router_init_std
+    if std < 0:
+        raise ValueError(f"router_init_std must be >= 0, got {std}")
+    dense = {name: param.value() for name, param in dense_llm.parameters_and_names()}
     evf_llm = LLM(dense_llm.config, evf_config)
-    rng = np.random.default_rng(seed)
-    copied = set()
-    for name, param in evf_llm.parameters_and_names():
-        source = dense_source_name(name)
-        if source is None:
-            weight = rng.normal(0.0, router_init_std, param.shape) if router_init_std else np.zeros(param.shape)
-            param.set_data(ms.Tensor(weight.astype(np.float32), param.dtype))
-            continue
-        if source not in dense:
-            raise ValueError(f"EVF model parameter {name!r} has no source {source!r} in the dense LLM")
-        if tuple(dense[source].shape) != tuple(param.shape):
-            raise ValueError(f"shape mismatch copying {source!r} {dense[source].shape} into {name!r} {param.shape}")
-        param.set_data(dense[source].value().copy())
-        copied.add(source)
-    missing = sorted(set(dense) - copied)
-    if missing:
-        raise ValueError(f"dense LLM parameters not copied into the EVF model: {missing}")
+    params = dict(evf_llm.parameters_and_names())
+    values = evf_initial_values([(name, param.shape) for name, param in params.items()], dense, std, seed)
+    unused = sorted(name for name in values if name not in params)
+    if unused:
+        raise ValueError(f"dense LLM parameters not copied into the EVF model: {unused}")
+    for name, param in params.items():
+        if name not in values:
+            raise ValueError(f"EVF model parameter {name!r} has no source {dense_source_name(name)!r} in the dense LLM")
+        value = values[name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"shape mismatch copying {dense_source_name(name)!r} {value.shape} into {name!r} "
+                             f"{param.shape}")
+        param.set_data(ms.Tensor(value, param.dtype) if isinstance(value, np.ndarray) else value.copy())
     return evf_llm
-
-
-def freeze_for_stage3(evf_llm: LLM, train_language_ffn: bool = False) -> list[str]:
-    """Leave trainable only every EVF layer's vision FFN and router (stage 3); also the language
-    FFN with `train_language_ffn` (the moe ablation). Returns the trainable parameter names."""
-    if not evf_llm.num_evf_layers:
-        raise ValueError("freeze_for_stage3 needs an LLM with EVF layers")
-    pattern = _MOE_TRAINABLE if train_language_ffn else _STAGE3_TRAINABLE
-    trainable = []
-    for name, param in evf_llm.parameters_and_names():
-        param.requires_grad = bool(pattern.search(name))
-        if param.requires_grad:
-            trainable.append(name)
-    return trainable

@@ -22,24 +22,13 @@ concatenated expert outputs per token).
 """
 from __future__ import annotations
 
-import math
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from eve_ms.ops.token_allocation import NUM_EXPERTS, STRATEGIES, compute_capacity
+from eve_ms.ops.token_allocation import LANGUAGE, NUM_EXPERTS, VISION, check_allocation_args, compute_capacity
 
 COUNT_NAMES = ("kept_language", "kept_vision", "dropped", "redistributed")
-
-
-def check_allocation_args(strategy: str, beta: float, redistribute_ratio: float) -> None:
-    """The argument checks of the reference, for the arguments fixed at build time."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-    if not 0.0 <= redistribute_ratio <= 1.0:
-        raise ValueError(f"redistribute_ratio (W) must be in [0, 1], got {redistribute_ratio}")
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
 
 
 def _count(mask):
@@ -115,17 +104,17 @@ def allocate_tokens(probs, is_image, valid, noise, *, strategy: str, capacity: i
     probs = probs.astype(ms.float32)
     # A valid token with a NaN / inf in its row is dropped and counted, and competes nowhere (the reference's
     # policy); its scores are replaced by a finite value so that no sort ever sees a NaN.
-    finite = ops.logical_and(ops.isfinite(probs[:, 0]), ops.isfinite(probs[:, 1]))
+    finite = ops.logical_and(ops.isfinite(probs[:, LANGUAGE]), ops.isfinite(probs[:, VISION]))
     competing = ops.logical_and(valid, finite)
     probs = ops.where(finite.reshape(num_tokens, 1), probs, ops.zeros_like(probs))
     if strategy == "img_gbpr":
         # prior [0, beta] for image tokens, [beta, 0] for text tokens, added in float32
         beta32 = ops.full((num_tokens,), beta, dtype=ms.float32)
         image = is_image.astype(ms.float32)
-        score0 = probs[:, 0] + (1 - image) * beta32
-        score1 = probs[:, 1] + image * beta32
+        score0 = probs[:, LANGUAGE] + (1 - image) * beta32
+        score1 = probs[:, VISION] + image * beta32
     else:
-        score0, score1 = probs[:, 0], probs[:, 1]
+        score0, score1 = probs[:, LANGUAGE], probs[:, VISION]
     prefers_vision = score1 > score0  # argmax, ties to expert 0
     preferred = prefers_vision.astype(ms.int32)
 
@@ -153,8 +142,8 @@ def allocate_tokens(probs, is_image, valid, noise, *, strategy: str, capacity: i
     else:
         redistributed = ops.zeros((), ms.int32)
 
-    kept_language = _count(expert == 0)
-    kept_vision = _count(expert == 1)
+    kept_language = _count(expert == LANGUAGE)
+    kept_vision = _count(expert == VISION)
     dropped = _count(valid) - kept_language - kept_vision
     counts = ops.stack((kept_language, kept_vision, dropped, redistributed))
     return expert, slot, counts

@@ -36,6 +36,7 @@ import mindspore as ms
 from mindspore import ops
 
 from eve_ms.config import FUSED_OPS_CHOICES, ConfigError, LLMConfig
+from eve_ms.models.rope import rope_inverse_frequencies
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def fused_op_constraints(config: LLMConfig) -> dict:
         rotary.append(f"head_dim={d} must be even and below {ROTARY_MAX_HEAD_DIM}")
     if n >= ROTARY_MAX_BATCH_OR_HEADS:
         rotary.append(f"num_heads={n} must be below {ROTARY_MAX_BATCH_OR_HEADS}")
-    from eve_ms.models.llm import rope_inverse_frequencies  # here: eve_ms.models.llm imports this module
-
     _, attention_factor = rope_inverse_frequencies(config)
     if attention_factor > 1:  # YaRN scales cos and sin; the operator documents them in [-1, 1]
         rotary.append(f"cos/sin scaled by the rope attention factor {attention_factor:.4g} leave [-1, 1]")

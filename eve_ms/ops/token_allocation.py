@@ -32,8 +32,21 @@ import math
 import numpy as np
 
 STRATEGIES = ("random", "gbpr", "img_gbpr")
+# The int each strategy is passed as to the native kernels (allocation_common.h, the AscendC op's attribute).
+STRATEGY_CODES = {name: code for code, name in enumerate(STRATEGIES)}
 NUM_EXPERTS = 2
-LANGUAGE, VISION = 0, 1
+LANGUAGE, VISION = 0, 1  # expert indices: row e of the router weight, column e of P
+
+
+def check_allocation_args(strategy: str, beta: float, redistribute_ratio: float) -> None:
+    """The checks of the arguments every backend fixes at build time (the reference, the composed
+    allocator and the native kernels call this one); `EVFConfig` names the yaml key for a user."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if not 0.0 <= redistribute_ratio <= 1.0:
+        raise ValueError(f"redistribute_ratio (W) must be in [0, 1], got {redistribute_ratio}")
+    if not math.isfinite(beta):
+        raise ValueError(f"beta must be finite, got {beta}")
 
 
 def compute_capacity(num_tokens: int, capacity_factor: float, min_capacity: int) -> int:
@@ -62,8 +75,7 @@ def _order(priority: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def _check_inputs(probs, is_image, valid, noise, strategy, capacity_factor, min_capacity, beta, redistribute_ratio):
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    check_allocation_args(strategy, beta, redistribute_ratio)
     if probs.ndim != 2 or probs.shape[1] != NUM_EXPERTS:
         raise ValueError(f"probs must have shape [T, {NUM_EXPERTS}], got {probs.shape}")
     num_tokens = probs.shape[0]
@@ -72,10 +84,6 @@ def _check_inputs(probs, is_image, valid, noise, strategy, capacity_factor, min_
             raise ValueError(f"{name} must have shape [{num_tokens}] to match probs, got {arr.shape}")
     if capacity_factor <= 0:
         raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-    if not 0.0 <= redistribute_ratio <= 1.0:
-        raise ValueError(f"redistribute_ratio (W) must be in [0, 1], got {redistribute_ratio}")
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
     if min_capacity < 0:
         raise ValueError(f"min_capacity must be >= 0, got {min_capacity}")
 

@@ -1,8 +1,8 @@
 """What a run yaml asks of one device: the model, what trains, the step's shape and the trainer options.
 
-Read from the same yaml `eve-ms train` reads (`TrainConfig`), without MindSpore: the model section as
-`eve_ms.training.stages.model_config` reads it, the trainable parts as `stages.TRAINABLE` /
-`freeze_for_stage3` set them, LoRA targets as `stages.lora_targets` resolves `target_modules: null`
+Read from the same yaml `eve-ms train` reads (`TrainConfig`), without MindSpore: the model section by
+`eve_ms.config.run_model_config` (the parser the stages use), the trainable parts as the table of
+`eve_ms.training.trainable` sets them, LoRA targets as `stages.lora_targets` resolves `target_modules: null`
 (every nn.Dense of the LLM but lm_head).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from eve_ms.config import ConfigError, EveConfig, from_dict
+from eve_ms.config import ConfigError, EveConfig, run_model_config
 from eve_ms.plan.inventory import Dense
 from eve_ms.training.config import TrainConfig
 
@@ -80,20 +80,10 @@ class StageSpec:
         return self.stage == 0
 
 
-def _model(config: TrainConfig) -> EveConfig:
-    section = dict(config.model or {})
-    if "model_config" in section:
-        section = dict(section["model_config"] or {})
-        section.pop("type", None)
-    if not section:
-        raise ConfigError(f"{config.source} has no model section (model.model_config with the EveConfig keys)")
-    return from_dict(EveConfig, section, config.source, "model.model_config")
-
-
 def stage_spec(config: TrainConfig, seq_len: Optional[int] = None) -> StageSpec:
     """The `StageSpec` of a loaded run yaml; `seq_len` None: the data section's max_length (the largest step)."""
-    model = _model(config)
-    moe = bool((config.task_options or {}).get("moe", False))
+    model = run_model_config(config.model, config.source)
+    moe = model.evf.mode == "moe"  # the one switch of the MoE x2top1 ablation
     if config.stage == 3 and not model.evf.enabled:
         raise ConfigError(f"stage 3 needs model.model_config.evf.enabled: true in {config.source}")
     if config.stage != 3 and model.evf.enabled:

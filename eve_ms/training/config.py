@@ -75,7 +75,7 @@ Unknown keys are errors naming the key and the file.
 
 Every section is checked when the yaml loads (`load_train_config`), each key by the dataclass that
 owns it, before any tokenizer, data or graph work; the Eve stages' task also checks its model,
-data and task_options sections then, even those the stage does not use (`stages.check_config`),
+data and task_options sections then, even those the stage does not use (`stages.stage_sections`, parsed once),
 and the compute dtype against the run's device. Errors are `ConfigError`s naming the key and the file.
 
 Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
@@ -86,11 +86,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import yaml
 
 from eve_ms.config import ConfigError, from_dict, read_yaml
+from eve_ms.training.trainable import STAGE_NAMES
 
 DEFAULT_TASK = "eve_ms.training.stages:build_stage"
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
@@ -339,14 +340,18 @@ class TrainConfig:
     # Where the config came from and its text, kept in every checkpoint; not yaml keys.
     source: str = field(default="<dict>", repr=False, compare=False)
     yaml_text: str = field(default="", repr=False, compare=False)
+    # The task's own sections (model, data, task_options) as its checker parsed them when the yaml loaded
+    # (`check_runnable`; the Eve stages: `stages.StageSections`), so the task does not parse them again.
+    task_sections: Any = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
         """Checks across sections and of top-level keys; each section checks its own keys when built."""
         where = self.source
         if self.run_mode not in ("train", "finetune"):
             raise ConfigError(f"run_mode must be train or finetune, got {self.run_mode!r} in {where}")
-        if self.stage not in (0, 1, 2, 3):
-            raise ConfigError(f"stage must be 0, 1, 2 or 3, got {self.stage!r} in {where}")
+        if self.stage not in STAGE_NAMES:
+            *most, last = sorted(STAGE_NAMES)
+            raise ConfigError(f"stage must be {', '.join(map(str, most))} or {last}, got {self.stage!r} in {where}")
         self._check_parallel_optimizer()
         if ":" not in self.task:
             raise ConfigError(f"task must be 'module:function' or 'file.py:function', got {self.task!r} in {where}")
@@ -395,7 +400,7 @@ class TrainConfig:
 def train_config_from_dict(data: dict, source: str = "<dict>", yaml_text: str = "") -> TrainConfig:
     """Build a `TrainConfig` strictly from a parsed run yaml."""
     data = dict(data or {})
-    for key in ("source", "yaml_text"):
+    for key in ("source", "yaml_text", "task_sections"):
         if key in data:
             raise ConfigError(f"unknown key {key!r} in {source}")
     config = from_dict(TrainConfig, data, source)
@@ -409,15 +414,15 @@ def check_runnable(config: TrainConfig, device_target: Optional[str] = None) -> 
     """What a config about to train must also satisfy (a config stored in a checkpoint need not):
     its compute dtype runs on the run's device (`device_target`, default the yaml's / this machine's), and the sections its task reads (model, data,
     task_options) are valid; the Eve stages' task checks them all, whatever the stage uses
-    (`eve_ms.training.stages.check_config`), before any tokenizer, data or graph work."""
+    (`eve_ms.training.stages.stage_sections`, kept as `task_sections`), before any tokenizer, data or graph work."""
     try:
         config.runner_wrapper.check_device(device_target or config.context.device)
     except ConfigError as err:
         raise ConfigError(f"{config.source}: {err}") from None
     if config.task == DEFAULT_TASK:
-        from eve_ms.training.stages import check_config
+        from eve_ms.training.stages import stage_sections
 
-        check_config(config)
+        config.task_sections = stage_sections(config)
 
 
 def load_train_config(path: str | os.PathLike, device_target: Optional[str] = None) -> TrainConfig:

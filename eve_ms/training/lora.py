@@ -27,11 +27,10 @@ import re
 import numpy as np
 
 from eve_ms.training.config import LoraSettings
-from eve_ms.training.mindformers_env import import_mindformers
+from eve_ms.mindformers_env import import_mindformers
 
 LORA_A = "mindpet_delta_lora_a"
 LORA_B = "mindpet_delta_lora_b"
-LORA_PARAM_GLOB = "*.mindpet_delta_lora_*"
 
 
 def _lora_dense_class():
@@ -131,20 +130,6 @@ def _seed_dropouts(lora_cells, rate: float) -> None:
         cell.insert_child_to_cell("lora_dropout", SeededDropout(rate, salt=salt))
 
 
-def freeze_all_but(network, trainable_globs) -> list[str]:
-    """requires_grad=True exactly for parameters matching one of the globs; returns their names."""
-    import fnmatch
-
-    trainable = []
-    for param in network.get_parameters():
-        param.requires_grad = any(fnmatch.fnmatchcase(param.name, g) for g in trainable_globs)
-        if param.requires_grad:
-            trainable.append(param.name)
-    if not trainable:
-        raise ValueError(f"no parameter matches the trainable patterns {list(trainable_globs)}")
-    return trainable
-
-
 def lora_settings_of(weights_path: str) -> LoraSettings:
     """The `pet_config` of the run that wrote a weights file (from the config text it stores).
 
@@ -163,6 +148,35 @@ def lora_settings_of(weights_path: str) -> LoraSettings:
     return train_config_from_dict(raw, f"config stored in {weights_path}").pet_config
 
 
+def merged_lora_weight(weight, lora_a, lora_b, scaling: float) -> np.ndarray:
+    """W + scaling * B A in float64, returned as float32: the merge formula of `merge_lora` and `merge_lora_tensors`."""
+    as64 = lambda x: np.asarray(x, np.float32).astype(np.float64)  # noqa: E731
+    return (as64(weight) + scaling * (as64(lora_b) @ as64(lora_a))).astype(np.float32)
+
+
+def merge_lora_tensors(tensors: dict, settings: LoraSettings, source: str) -> tuple[dict, int]:
+    """(tensors, count): a LoRA checkpoint's tensors with every LoRA layer merged into its base weight, as
+    `merge_lora` merges the built layers (the same formula, scaling = lora_alpha / lora_rank), so stage 3
+    builds its model once, without rebuilding stage 2's LoRA layers. Errors name the tensor and `source`."""
+    from eve_ms.training.checkpoint import CheckpointError
+
+    suffix_a, suffix_b = f".{LORA_A}", f".{LORA_B}"
+    layers = sorted(name[: -len(suffix_a)] for name in tensors if name.endswith(suffix_a))
+    merged = {name: value for name, value in tensors.items() if not name.endswith((suffix_a, suffix_b))}
+    for layer in layers:
+        lora_a, lora_b = tensors[layer + suffix_a], tensors.get(layer + suffix_b)
+        weight = tensors.get(layer + ".weight")
+        if lora_b is None or weight is None:
+            missing = layer + (suffix_b if lora_b is None else ".weight")
+            raise CheckpointError(f"{source} has {layer + suffix_a} but not {missing}")
+        if lora_a.shape[0] != settings.lora_rank:
+            raise CheckpointError(f"{source}: {layer + suffix_a} has rank {lora_a.shape[0]}, its pet_config says "
+                             f"lora_rank {settings.lora_rank}")
+        merged[layer + ".weight"] = merged_lora_weight(weight, lora_a, lora_b,
+                                                       settings.lora_alpha / settings.lora_rank)
+    return merged, len(layers)
+
+
 def merge_lora(network) -> int:
     """Replace every LoRADense under `network` by an nn.Dense holding W + (alpha/r) B A; returns how many."""
     import mindspore as ms
@@ -171,14 +185,12 @@ def merge_lora(network) -> int:
     lora_cls = _lora_dense_class()
     targets = [(path, cell) for path, cell in network.cells_and_names() if isinstance(cell, lora_cls)]
     for path, cell in targets:
-        weight = cell.weight.astype(ms.float32).asnumpy().astype(np.float64)
-        lora_a = getattr(cell, LORA_A).astype(ms.float32).asnumpy().astype(np.float64)
-        lora_b = getattr(cell, LORA_B).astype(ms.float32).asnumpy().astype(np.float64)
-        merged = weight + cell.scaling * (lora_b @ lora_a)
+        merged = merged_lora_weight(*(p.astype(ms.float32).asnumpy() for p in
+                                      (cell.weight, getattr(cell, LORA_A), getattr(cell, LORA_B))), cell.scaling)
         dense = nn.Dense(
             cell.in_channels,
             cell.out_channels,
-            weight_init=ms.Tensor(merged.astype(np.float32)).astype(cell.weight.dtype),
+            weight_init=ms.Tensor(merged).astype(cell.weight.dtype),
             bias_init=cell.bias if cell.has_bias else "zeros",
             has_bias=cell.has_bias,
             activation=cell.activation,

@@ -17,7 +17,7 @@ state that checkpoints save.
 from __future__ import annotations
 
 from eve_ms.training.config import LRScheduleConfig, OptimizerConfig
-from eve_ms.training.mindformers_env import import_mindformers
+from eve_ms.mindformers_env import import_mindformers
 
 
 def build_lr_schedule(config: LRScheduleConfig, total_steps: int):

@@ -7,11 +7,14 @@
 | 2 `adapter_lora` | stage 1's output (every weight) | `adapter.*` + MindFormers LoRA on the LLM |
 | 3 `evf` | stage 2's output, LoRA merged; both FFNs of an EVF layer copy its dense FFN | vision FFNs and routers |
 
-Stage 3 rebuilds stage 2's LoRA layers with the `pet_config` stored in stage 2's weights
-(`lora.lora_settings_of`), loads them, merges them into the base weights (`lora.merge_lora`)
-and converts the dense FFNs (`convert_dense_to_evf`); a checkpoint without LoRA tensors (e.g.
-stage 2's `merged/`) is loaded as it is. The router starts normal(0, `router_init_std`), seeded
-by the run's `seed`, so a resumed run rebuilds the same frozen model.
+What each stage trains is the table of `eve_ms.training.trainable` (every other weight is frozen).
+Stage 3 builds its EVF model once and loads it from stage 2's weights: LoRA merged into the base
+weights on the arrays (`lora.merge_lora_tensors`, with the `pet_config` stored in stage 2's weights),
+both FFNs of every EVF layer copied from its dense FFN (`evf_convert.evf_initial_values`); a
+checkpoint without LoRA tensors (e.g. stage 2's `merged/`) is taken as it is. The router starts
+normal(0, `evf.router_init_std`), seeded by the run's `seed`, so a resumed run rebuilds the same
+frozen model. `evf.mode: moe` in stage 3 trains the "MoE x2top1" ablation baseline (plain top-1
+routing, language FFNs trainable too).
 
 The start checkpoint's `model_config.yaml` (when `load_checkpoint` has one) is the source of the
 architecture: a run yaml that differs from it on any model field is a ConfigError at load naming
@@ -24,10 +27,9 @@ network needs but the file lacks, one of the wrong shape, or one the network has
 is an error naming the tensor. Stage 1 ignores `adapter.*` tensors of its checkpoint (the
 paper starts the adapter from random).
 
-Stage options (`task_options`, strict, `StageOptions`): `moe: true` in stage 3 trains the
-"MoE x2top1" ablation baseline (evf.mode moe, language FFN trainable too); `router_init_std`
-(the router's initial normal std, seeded by `seed`); `tokenizer_vocab_size` /
-`tokenizer_corpus` (train a BPE tokenizer when none is given, see `stage_data`).
+Stage options (`task_options`, strict, `StageOptions`): `tokenizer_vocab_size` / `tokenizer_corpus`
+(train a BPE tokenizer when none is given, see `stage_data`). The former `moe` and `router_init_std`
+are now `evf.mode: moe` and `evf.router_init_std`: an old yaml setting them fails at load saying so.
 
 LoRA targets (stage 2): `pet_config.target_modules` null means every nn.Dense of the LLM's
 decoder layers (attention q/k/v/o, FFN gate/gate2/up/down, attention shortcuts) and not `lm_head`,
@@ -42,34 +44,33 @@ directory that chat and evaluation load. Stage 3's `model_config.yaml` has EVF e
 
 Model, data and the rest come from the run yaml: `model` is MindFormers' section
 (`model_config` with the `EveConfig` keys, `arch.type: EveForCausalLM`) or a bare EveConfig
-mapping; `data` is `eve_ms.data.DataConfig` (its `batch_size` is replaced by
-`runner_config.batch_size`, which the trainer owns).
+mapping; `data` is `eve_ms.data.DataConfig` (its `batch_size` is `runner_config.batch_size`, which the
+trainer owns: a `data.batch_size` that differs is an error at load). The three sections are parsed
+and checked once, when the yaml loads (`stage_sections`), and passed down from there.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import os
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
 from eve_ms.checkpoint_dir import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, save_eve_checkpoint
-from eve_ms.config import ConfigError, EveConfig, EVFConfig, from_dict, load_eve_config, save_eve_config, to_dict
+from eve_ms.config import (ConfigError, EveConfig, EVFConfig, from_dict, load_eve_config,
+                           run_model_config, save_eve_config, to_dict)
 from eve_ms.data.config import DataConfig
-from eve_ms.models.evf import ROUTER_INIT_STD
 from eve_ms.training import checkpoint as ckpt
 from eve_ms.training.config import LoraSettings, TrainConfig
 from eve_ms.training.distributed import DistInfo
-from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but, lora_settings_of, merge_lora
+from eve_ms.training.lora import apply_lora, lora_settings_of, merge_lora, merge_lora_tensors
+from eve_ms.training.trainable import STAGE_NAMES, freeze_all_but, trainable_globs
 from eve_ms.training.trainer import TrainTask
 
-STAGE_NAMES = {0: "llm_pretrain", 1: "adapter", 2: "adapter_lora", 3: "evf"}
-TRAINABLE = {0: ("llm.*",), 1: ("adapter.*",), 2: ("adapter.*", LORA_PARAM_GLOB)}  # stage 3: freeze_for_stage3
 MERGED_DIR = "merged"  # stage 2: the LoRA-merged checkpoint directory inside output_dir
 LORA_SCOPE = "llm"
 LORA_EXCLUDED = ("lm_head",)  # left out of the default LoRA targets
-MODEL_ARCH = "EveForCausalLM"
 # Model config sections a stage builds anew, so they may differ from its start checkpoint's
 # model_config.yaml: EVF (stage 3 turns it on; before it, the section only travels along) and
 # stage 1's adapter (it starts from random). Every other field describes the loaded weights.
@@ -81,8 +82,14 @@ INIT_ONLY_FIELDS = ("llm.embedding_init_std",)  # how random weights start: noth
 class StageOptions:
     """`task_options` of an Eve stage run."""
 
-    moe: bool = False  # stage 3: the MoE x2top1 ablation (evf.mode moe, language FFN trainable)
-    router_init_std: float = ROUTER_INIT_STD  # stage 3: std of the routers' initial weights
+    # Keys older yamls may hold: key -> (value that loads as if absent, what to write instead).
+    REMOVED_KEYS: ClassVar[dict] = {
+        "moe": (False, "the MoE x2top1 ablation is a model setting now: write model.model_config.evf.mode: moe "
+                       "instead of task_options.moe: true"),
+        "router_init_std": (EVFConfig.router_init_std, "the routers' initial std lives with the router now: "
+                                                       "write it as model.model_config.evf.router_init_std"),
+    }
+
     tokenizer_vocab_size: int = 0  # > 0: train a BPE of this size when no tokenizer is given
     tokenizer_corpus: list = field(default_factory=list)  # more LLaVA files whose texts the BPE learns
 
@@ -90,36 +97,43 @@ class StageOptions:
 # --------------------------------------------------------------------------- config sections
 
 
+@dataclass
+class StageSections:
+    """The sections of a run yaml the stage task reads, parsed and checked once: when the yaml loads
+    (`training.config.check_runnable` keeps them as `TrainConfig.task_sections`), before any tokenizer,
+    data or graph work; `build_stage` and `build_stage_model` read them from there."""
+
+    model: EveConfig
+    options: StageOptions
+    data: DataConfig
+
+
+def stage_sections(config: TrainConfig) -> StageSections:
+    """Parse and check the model, task_options and data sections of a stage run (even those the stage
+    does not use); errors name the key and the file."""
+    options = stage_options(config)
+    eve = model_config(config)
+    return StageSections(model=eve, options=options, data=data_config(config, eve))
+
+
+def sections_of(config: TrainConfig) -> StageSections:
+    """The sections parsed when the yaml loaded; parsed now for a config built without `check_runnable`."""
+    if isinstance(config.task_sections, StageSections):
+        return config.task_sections
+    return stage_sections(config)
+
+
 def stage_options(config: TrainConfig) -> StageOptions:
-    options = from_dict(StageOptions, config.task_options, config.source, "task_options")
-    if options.moe and config.stage != 3:
-        raise ConfigError(f"task_options.moe applies to stage 3 only (this is stage {config.stage}) in {config.source}")
-    if options.router_init_std < 0:
-        raise ConfigError(f"task_options.router_init_std must be >= 0 in {config.source}")
-    return options
+    return from_dict(StageOptions, config.task_options, config.source, "task_options")
 
 
 def model_config(config: TrainConfig) -> EveConfig:
     """The EveConfig this stage trains, from the yaml's `model` section (EVF as the stage needs it)."""
-    section = dict(config.model or {})
-    if "model_config" in section:
-        arch = (section.get("arch") or {}).get("type", MODEL_ARCH)
-        if arch != MODEL_ARCH:
-            raise ConfigError(f"model.arch.type must be {MODEL_ARCH}, got {arch!r} in {config.source}")
-        unknown = sorted(set(section) - {"model_config", "arch"})
-        if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} in model section of {config.source}")
-        section = dict(section["model_config"] or {})
-        section.pop("type", None)  # MindFormers' registry name (EveConfig)
-    if not section:
-        raise ConfigError(f"{config.source} has no model section (model.model_config with the EveConfig keys)")
-    eve = from_dict(EveConfig, section, config.source, "model.model_config")
+    eve = run_model_config(config.model, config.source)
     _check_start_architecture(config, eve)
     if config.stage == 3:
         if not eve.evf.enabled:
             raise ConfigError(f"stage 3 needs model.model_config.evf.enabled: true in {config.source}")
-        if stage_options(config).moe:
-            eve.evf.mode = "moe"
         if eve.evf.mode == "language_only":
             raise ConfigError(
                 f"stage 3 cannot train with evf.mode language_only (the router is unused) in {config.source}"
@@ -174,16 +188,15 @@ def _check_start_architecture(config: TrainConfig, eve: EveConfig) -> None:
         )
 
 
-def check_config(config: TrainConfig) -> None:
-    """Every section the stage task reads (model, task_options, data), checked when the yaml loads, before any
-    tokenizer, data or graph work; a section the stage does not use is checked all the same."""
-    eve = model_config(config)
-    stage_options(config)
-    data_config(config, eve)
-
-
 def data_config(config: TrainConfig, eve: EveConfig) -> DataConfig:
     data = from_dict(DataConfig, config.data, config.source, "data")
+    given = (config.data or {}).get("batch_size")
+    if given is not None and given != config.micro_batch_size:
+        # the trainer owns the micro batch: a second number that silently lost would mislead
+        raise ConfigError(
+            f"data.batch_size={given} disagrees with runner_config.batch_size={config.micro_batch_size} (the micro "
+            f"batch per rank the trainer uses) in {config.source}: delete data.batch_size"
+        )
     data = replace(data, batch_size=config.micro_batch_size)
     if data.max_length > eve.llm.max_position_embeddings:
         raise ConfigError(
@@ -268,53 +281,41 @@ def load_lora_model(eve: EveConfig, weights_path: str, settings: LoraSettings | 
 # --------------------------------------------------------------------------- models per stage
 
 
-def _dense(eve: EveConfig) -> EveConfig:
-    dense = copy.deepcopy(eve)
-    dense.evf = EVFConfig(enabled=False)
-    return dense
-
-
-def build_stage_model(config: TrainConfig, log=print):
-    """(model, eve_config): the stage's EveForCausalLM, initialised as the stage says, frozen but for its trainables."""
+def build_stage_model(config: TrainConfig, log=print, sections: StageSections | None = None):
+    """(model, eve_config): the stage's EveForCausalLM, built once, initialised as the stage says, frozen but for
+    what the stage trains (`eve_ms.training.trainable`)."""
     from eve_ms.models.eve import EveForCausalLM
-    from eve_ms.models.evf_convert import convert_dense_to_evf, freeze_for_stage3
 
     stage = config.stage
-    eve = model_config(config)
-    options = stage_options(config)
+    eve = (sections or sections_of(config)).model
     weights = init_weights_file(config.load_checkpoint, stage)
-
-    if stage == 3:
-        dense_eve = _dense(eve)
-        tensors = read_weights(weights)
-        if has_lora(tensors):
-            dense = load_lora_model(dense_eve, weights)
-            merged = merge_lora(dense)
-            log(f"stage 3: merged {merged} LoRA layers of {weights} into the LLM")
-        else:
-            dense = EveForCausalLM(dense_eve)
-            _assign(dense, tensors, weights)
-        evf_llm = convert_dense_to_evf(dense.llm, eve.evf, options.router_init_std, seed=config.seed)
-        model = EveForCausalLM(eve)
-        sources = {f"{LORA_SCOPE}.{name}": p for name, p in evf_llm.parameters_and_names()}
-        sources.update({name: p for name, p in dense.parameters_and_names() if not name.startswith(f"{LORA_SCOPE}.")})
-        for name, param in model.parameters_and_names():
-            param.set_data(sources[name].value().copy())
-            param.requires_grad = False
-        freeze_for_stage3(model.llm, train_language_ffn=eve.evf.mode == "moe")
-        return model, eve
-
     model = EveForCausalLM(eve)
     if weights is None:
         log("stage 0: no load_checkpoint, the LLM starts from random weights")
     elif stage == 1:
         _assign(model, read_weights(weights), weights, prefixes=("vision_tower.", "llm."), ignore=("adapter.",))
+    elif stage == 3:
+        _assign(model, _stage3_values(model, eve, weights, config.seed, log), weights)
     else:
         _assign(model, read_weights(weights), weights)
     if stage == 2:
         apply_lora(model, LORA_SCOPE, lora_targets(model, config.pet_config))
-    freeze_all_but(model, TRAINABLE[stage])
+    freeze_all_but(model, trainable_globs(stage, eve.evf.mode))
     return model, eve
+
+
+def _stage3_values(model, eve: EveConfig, weights: str, seed: int, log) -> dict:
+    """Stage 3's initial weights for `model` (EVF enabled) from stage 2's dense weights file: LoRA merged
+    into the base weights first when the file has it (with the pet_config stored in it), then both FFNs
+    of every EVF layer copied from its dense FFN and the routers drawn from `seed`."""
+    from eve_ms.models.evf_convert import evf_initial_values
+
+    tensors = read_weights(weights)
+    if has_lora(tensors):
+        tensors, merged = merge_lora_tensors(tensors, lora_settings_of(weights), weights)
+        log(f"stage 3: merged {merged} LoRA layers of {weights} into the LLM")
+    params = [(name, param.shape) for name, param in model.parameters_and_names()]
+    return evf_initial_values(params, tensors, eve.evf.router_init_std, seed)
 
 
 # --------------------------------------------------------------------------- the task
@@ -354,11 +355,8 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
 
     log = print if dist.is_main else (lambda *a, **k: None)
     stage = config.stage
-    if stage not in STAGE_NAMES:
-        raise ConfigError(f"stage must be one of {sorted(STAGE_NAMES)}, got {stage} in {config.source}")
-    eve = model_config(config)
-    options = stage_options(config)
-    data = data_config(config, eve)
+    sections = sections_of(config)
+    eve, options, data = sections.model, sections.options, sections.data
     data.check_data_path()  # before the slow part: tokenizer, model
     weights = init_weights_file(config.load_checkpoint, stage)
     if weights and os.path.abspath(os.path.dirname(weights)) == os.path.abspath(config.output_dir):
@@ -378,7 +376,7 @@ def build_stage(config: TrainConfig, dist: DistInfo) -> TrainTask:
     # reads only the image size/statistics and image token count, which the built model must share.
     loader = build_loader(data, eve, tokenizer, dist.rank, dist.world_size, config.grad_accum,
                           batch_size=config.micro_batch_size)
-    model, eve = build_stage_model(config, log)
+    model, eve = build_stage_model(config, log, sections)
     network = EveTrainNetwork(model)
     if stage == 0 and loader.index.has_image.any():
         raise ConfigError(

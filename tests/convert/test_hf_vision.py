@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from eve_ms.convert.hf_vision import load_encoder_weights, load_hf_vision, vision_config_from_hf
-from eve_ms.convert.parity_cases import randomise_batchnorm
+from parity_cases import randomise_batchnorm  # tools/parity_cases.py
 from eve_ms.convert.weights import CheckpointError
 from eve_ms.models.vision import build_vision_encoder
 

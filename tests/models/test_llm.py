@@ -10,7 +10,8 @@ import pytest
 from mindspore import Tensor
 
 from eve_ms.config import ConfigError, EVFConfig, LLMConfig
-from eve_ms.models.llm import LLM, causal_lm_loss, llm_param_count, rope_tables
+from eve_ms.models.llm import LLM, causal_lm_loss, llm_param_count
+from eve_ms.models.rope import rope_tables
 
 
 def tiny_config(**overrides) -> LLMConfig:

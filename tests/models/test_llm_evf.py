@@ -8,7 +8,8 @@ import pytest
 
 from eve_ms.config import EVFConfig, LLMConfig
 from eve_ms.models.evf import NUM_ROUTING_STATS, EVFLayer
-from eve_ms.models.evf_convert import convert_dense_to_evf, dense_source_name, freeze_for_stage3
+from eve_ms.models.evf_convert import convert_dense_to_evf, dense_source_name
+from eve_ms.training.trainable import freeze_for_stage3
 from eve_ms.models.llm import LLM
 from eve_ms.ops.token_allocation import allocate_reference, aux_loss_reference
 

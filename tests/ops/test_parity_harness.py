@@ -164,7 +164,7 @@ def test_gpu_backends_stay_off_other_targets_and_mindspore_on_gpu(parity, capsys
 
 def test_model_references_move_to_cuda_with_tf32_off_and_back():
     torch = pytest.importorskip("torch")
-    from eve_ms.convert import parity_cases
+    import parity_cases  # tools/parity_cases.py
 
     assert parity_cases.reference_device("GPU") == "cuda" and parity_cases.reference_device("CPU") == "cpu"
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -23,9 +23,9 @@ def _count(network, prefix="", predicate=lambda p: True) -> int:
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_counts_by_part_and_trainable_equal_the_instantiated_tiny_model(stage):
     from eve_ms.models.eve import EveForCausalLM
-    from eve_ms.models.evf_convert import freeze_for_stage3
-    from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but
-    from eve_ms.training.stages import LORA_SCOPE, TRAINABLE, lora_targets
+    from eve_ms.training.lora import apply_lora
+    from eve_ms.training.stages import LORA_SCOPE, lora_targets
+    from eve_ms.training.trainable import freeze_all_but, trainable_globs
 
     config = load_train_config(os.path.join(TINY, f"stage{stage}.yaml"))
     spec = stage_spec(config)
@@ -39,22 +39,19 @@ def test_counts_by_part_and_trainable_equal_the_instantiated_tiny_model(stage):
     assert counts["activated"] == counts["total"] - vision_ffns
     assert (counts["evf_extra"] > 0) == (stage == 3)
 
-    # what the stage trains, frozen as eve_ms.training.stages freezes it
-    if stage == 3:
-        for param in model.get_parameters():
-            param.requires_grad = False
-        freeze_for_stage3(model.llm)
-    else:
-        if stage == 2:
-            apply_lora(model, LORA_SCOPE, lora_targets(model, config.pet_config))
-        freeze_all_but(model, TRAINABLE[stage] if stage == 1 else ("adapter.*", LORA_PARAM_GLOB))
+    # what the stage trains, frozen as eve_ms.training.stages freezes it (the table of eve_ms.training.trainable)
+    if stage == 2:
+        apply_lora(model, LORA_SCOPE, lora_targets(model, config.pet_config))
+    freeze_all_but(model, trainable_globs(stage, spec.model.evf.mode))
     assert trainable_params(spec) == _count(model, predicate=lambda p: p.requires_grad)
 
 
 def test_paper_config_counts_the_papers_1_8b():
     config = load_eve_config(os.path.join(PAPER, "stage3.yaml"))
     counts = param_counts(config)
-    assert counts == config.param_counts()  # the models' own formula functions (eve_ms.models.*)
+    from eve_ms.models.eve import param_counts as model_param_counts
+
+    assert counts == model_param_counts(config)  # the models' own formula functions (eve_ms.models.*)
     assert round(counts["activated"] / 1e9, 1) == 1.8  # paper: Eve-1.8B
     assert round(counts["llm"] / 1e9, 2) == 1.50  # PanGu-pi-1.5B
     assert round(counts["vision"] / 1e6) == 304  # SigLIP-L/16-384

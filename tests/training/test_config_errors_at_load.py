@@ -171,3 +171,22 @@ def test_graph_compile_dumps_go_under_the_run_output_directory(tmp_path):
     assert dumps == [str(out / "graph_dumps" / "rank_0" / "om" / "analyze_fail.ir")]
     assert not (tmp_path / "rank_0").exists()
     assert os.path.getsize(dumps[0]) > 0
+
+
+def test_a_data_batch_size_that_disagrees_with_the_runner_s_fails_at_load(tmp_path, data_files):
+    # the trainer's runner_config.batch_size is the micro batch; a data.batch_size that lost silently would mislead
+    path = stage_yaml(tmp_path, "stage1.yaml", {**data_files, "batch_size": 3}, runner_config={"batch_size": 2})
+    with pytest.raises(ConfigError, match=r"data.batch_size=3 disagrees with runner_config.batch_size=2") as raised:
+        load_train_config(path)
+    assert path in str(raised.value)
+    same = stage_yaml(tmp_path, "stage1.yaml", {**data_files, "batch_size": 2}, runner_config={"batch_size": 2})
+    assert load_train_config(same).task_sections.data.batch_size == 2
+
+
+def test_the_stage_sections_are_parsed_once_when_the_yaml_loads(tmp_path, data_files):
+    from eve_ms.training import stages
+
+    config = load_train_config(stage_yaml(tmp_path, "stage1.yaml", data_files))
+    sections = config.task_sections
+    assert isinstance(sections, stages.StageSections) and stages.sections_of(config) is sections
+    assert sections.data.data_path == data_files["data_path"] and sections.model.evf.enabled is False

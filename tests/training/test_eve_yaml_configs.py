@@ -1,6 +1,7 @@
 """The yaml files under yaml_configs/: MindFormers-loadable, strictly loadable, and the paper's Table 2 numbers."""
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -56,7 +57,7 @@ def test_there_are_paper_and_tiny_configs_for_every_stage():
 
 @pytest.mark.parametrize("path", YAMLS, ids=_name)
 def test_every_yaml_loads_with_mindformers_and_strictly_with_ours(path):
-    from eve_ms.training.mindformers_env import import_mindformers
+    from eve_ms.mindformers_env import import_mindformers
 
     import_mindformers()
     from mindformers.tools.register import MindFormerConfig
@@ -65,9 +66,7 @@ def test_every_yaml_loads_with_mindformers_and_strictly_with_ours(path):
     assert "base_config" not in ours
     assert _subset_mismatches(ours, MindFormerConfig(path).to_dict()) == []
     config = load_train_config(path)
-    eve = stages.model_config(config)
-    stages.data_config(config, eve)
-    stages.stage_options(config)
+    eve = config.task_sections.model
     strict_model = load_eve_config(path)  # the bare EveConfig loader reads the same model section
     assert (strict_model.vision, strict_model.adapter, strict_model.llm) == (eve.vision, eve.adapter, eve.llm)
     # the text stored with every checkpoint is self-contained and loads to the same config
@@ -114,14 +113,31 @@ def test_paper_model_is_eve_1_8b():
                                                                                                      "ldp", 144)
     assert (eve.llm.num_layers, eve.llm.hidden_size, eve.llm.vocab_size) == (22, 2048, 48000)
     assert eve.evf.layer_indices(eve.llm.num_layers) == list(range(0, 22, 2))
-    counts = eve.param_counts()
+    from eve_ms.models.eve import param_counts
+
+    counts = param_counts(eve)
     assert abs(counts["activated"] - 1.8e9) <= 0.1 * 1.8e9, counts
 
 
 def test_moe_ablation_configs_train_the_x2top1_baseline():
+    from eve_ms.training.trainable import MOE_ALSO_TRAINS, trainable_globs
+
     for path in (os.path.join(TINY, "stage3_moe.yaml"), os.path.join(PAPER, "stage3_moe_x2top1.yaml")):
-        config = load_train_config(path)
-        assert stages.stage_options(config).moe and stages.model_config(config).evf.mode == "moe"
+        mode = load_train_config(path).task_sections.model.evf.mode
+        assert mode == "moe" and set(MOE_ALSO_TRAINS) <= set(trainable_globs(3, mode))
+    assert not set(MOE_ALSO_TRAINS) & set(trainable_globs(3, "multimodal"))
+
+
+@pytest.mark.parametrize("options,rename", [
+    ({"moe": True}, "write model.model_config.evf.mode: moe instead of task_options.moe"),
+    ({"router_init_std": 0.5}, "write it as model.model_config.evf.router_init_std"),
+])
+def test_task_options_moved_to_the_model_config_fail_saying_what_to_write(tmp_path, options, rename):
+    with pytest.raises(ConfigError, match=rename):
+        _tiny_with(tmp_path, "stage3.yaml", task_options=options)
+    # an old yaml holding the value that changes nothing still loads
+    harmless = {key: {"moe": False, "router_init_std": 0.02}[key] for key in options}
+    assert _tiny_with(tmp_path, "stage3.yaml", task_options=harmless).task_sections.model.evf.mode == "multimodal"
 
 
 def test_base_config_merges_like_mindformers(tmp_path):
@@ -154,8 +170,9 @@ def _tiny_with(tmp_path, stage_file, **sections):
         ("stage1.yaml", {"model": {"model_config": {"evf": {"enabled": True}}}}, "stage 1 trains a dense LLM"),
         ("stage3.yaml", {"model": {"model_config": {"evf": {"enabled": False}}}}, "stage 3 needs"),
         ("stage3.yaml", {"model": {"model_config": {"evf": {"mode": "language_only"}}}}, "language_only"),
-        ("stage2.yaml", {"task_options": {"moe": True}}, "moe applies to stage 3 only"),
-        ("stage2.yaml", {"task_options": {"mo": True}}, r"unknown key 'mo' in task_options.*did you mean 'moe'"),
+        ("stage2.yaml", {"task_options": {"tokenizer_vocab": 5}},
+         r"unknown key 'tokenizer_vocab' in task_options.*did you mean 'tokenizer_vocab_size'"),
+        ("stage3.yaml", {"model": {"model_config": {"evf": {"router_init_std": -0.1}}}}, "evf.router_init_std must be >= 0"),
         ("stage2.yaml", {"model": {"arch": {"type": "LlamaForCausalLM"}}}, "model.arch.type must be EveForCausalLM"),
         ("stage2.yaml", {"model": {"model_config": {"llm": {"hidden_sise": 8}}}}, "unknown key 'hidden_sise'"),
         ("stage2.yaml", {"data": {"max_length": 512}}, "exceeds model llm.max_position_embeddings=256"),
@@ -170,3 +187,15 @@ def test_missing_load_checkpoint_is_an_error_for_stages_that_initialise_from_one
     with pytest.raises(ConfigError, match="stage 2 initialises from load_checkpoint"):
         stages.init_weights_file(None, 2)
     assert stages.init_weights_file(None, 0) is None
+
+
+def test_the_design_doc_lists_what_each_stage_trains_as_the_code_does():
+    from eve_ms.training.trainable import MOE_ALSO_TRAINS, TRAINABLE
+
+    with open(os.path.join(REPO, "docs", "design.md"), encoding="utf-8") as fh:
+        doc = fh.read()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines() if re.match(r"^\| [0-3] \|", line)}
+    assert sorted(rows) == ["0", "1", "2", "3"]
+    for stage, globs in TRAINABLE.items():
+        assert re.findall(r"`([^`]+)`", rows[str(stage)].split("evf.mode")[0]) == list(globs), rows[str(stage)]
+    assert re.findall(r"`([^`]+)`", rows["3"].split("evf.mode: moe`")[1]) == list(MOE_ALSO_TRAINS)

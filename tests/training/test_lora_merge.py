@@ -5,7 +5,9 @@ import pytest
 from mindspore import nn, ops
 
 from eve_ms.training.config import LoraSettings
-from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but, merge_lora
+from eve_ms.training.checkpoint import CheckpointError
+from eve_ms.training.lora import apply_lora, merge_lora, merge_lora_tensors
+from eve_ms.training.trainable import LORA_PARAM_GLOB, freeze_all_but
 from toy_task import ToyLM
 
 
@@ -77,12 +79,20 @@ def test_merged_network_matches_lora_network_and_has_no_lora_cells():
     # the merge formula, independently: W' = W + (alpha / r) B A
     w, a, b = (cell.weight.asnumpy(), cell.mindpet_delta_lora_a.asnumpy(), cell.mindpet_delta_lora_b.asnumpy())
     expected_w = w + (6 / 2) * b @ a
+    # the same merge on a checkpoint's arrays (stage 3 builds its model once from them): the very same values
+    lora_tensors = {p.name: p.asnumpy() for p in net.get_parameters()}
+    merged_tensors, count = merge_lora_tensors(lora_tensors, LoraSettings(lora_rank=2, lora_alpha=6), "toy")
+    assert count == 5 and not any("mindpet_delta_lora" in name for name in merged_tensors)
 
     assert merge_lora(net) == 5
     assert not _lora_cells(net)
     assert isinstance(net.llm.layers[0].up, nn.Dense)
     np.testing.assert_allclose(net.llm.layers[0].up.weight.asnumpy(), expected_w, atol=1e-6)
-    assert sorted(p.name for p in net.get_parameters()) == base_names
+    assert sorted(p.name for p in net.get_parameters()) == base_names == sorted(merged_tensors)
+    for param in net.get_parameters():
+        np.testing.assert_array_equal(merged_tensors[param.name], param.asnumpy(), err_msg=param.name)
+    with pytest.raises(CheckpointError, match="mindpet_delta_lora_a has rank 2, its pet_config says lora_rank 4"):
+        merge_lora_tensors(lora_tensors, LoraSettings(lora_rank=4, lora_alpha=6), "toy")
     np.testing.assert_allclose(net.llm(net.adapter(x))[0].asnumpy(), lora_logits, atol=1e-5)
     np.testing.assert_allclose(net(x, labels)[0].asnumpy(), lora_loss, atol=1e-5)
 

@@ -75,7 +75,7 @@ def test_recompute_of_eve_decoder_layers_keeps_the_stage3_losses(tmp_path):
 
     from eve_ms.config import IGNORE_INDEX
     from eve_ms.models.eve import EveForCausalLM
-    from eve_ms.models.evf_convert import freeze_for_stage3
+    from eve_ms.training.trainable import freeze_for_stage3
     from eve_ms.plan.stage import stage_spec
     from eve_ms.training.config import load_train_config
     from eve_ms.training.trainer import Trainer, TrainTask

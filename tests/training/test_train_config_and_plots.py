@@ -47,7 +47,7 @@ def test_run_yaml_loads_with_the_paper_stage2_numbers(tmp_path):
 
 
 def test_run_yaml_is_loadable_by_mindformers(tmp_path):
-    from eve_ms.training.mindformers_env import import_mindformers
+    from eve_ms.mindformers_env import import_mindformers
 
     import_mindformers()
     from mindformers.tools.register import MindFormerConfig

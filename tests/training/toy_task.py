@@ -22,7 +22,8 @@ from mindspore import nn, ops
 
 from eve_ms.config import IGNORE_INDEX
 from eve_ms.training.checkpoint import load_weights
-from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but
+from eve_ms.training.lora import apply_lora
+from eve_ms.training.trainable import LORA_PARAM_GLOB, freeze_all_but
 from eve_ms.training.trainer import TrainTask
 
 

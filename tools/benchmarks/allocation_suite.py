@@ -1,6 +1,6 @@
 """Suite `allocation`: token-allocation latency per backend, and its share of an EVF layer at the paper's width.
 
-Latency: `eve_ms.ops.kernels.bench_allocation` (C++ kernel and composed MindSpore ops behind
+Latency: `benchmarks.allocation_latency` (C++ kernel and composed MindSpore ops behind
 `TokenAllocator` in graph mode, the numpy reference, the bare C++ call), img_gbpr, per T.
 Share: the allocation as the EVF layer calls it (same backend, same T, graph mode) against the
 EVF layer's forward at H = 2048, intermediate 6912 (PanGu-pi-1.5B), timed side by side.
@@ -60,7 +60,7 @@ def allocation_share(num_tokens: int, repeats: int, hidden: int = PAPER_HIDDEN,
 
 
 def run(size: str, report: Report) -> None:
-    from eve_ms.ops.kernels.bench_allocation import bench_allocation
+    from benchmarks.allocation_latency import bench_allocation
 
     spec = SIZES[size]
     rows = bench_allocation(spec["sizes"], strategy="img_gbpr", repeats=spec["repeats"], mode="graph")

@@ -27,7 +27,8 @@ def build_stage_network(preset: str, stage: int, seed: int = 0):
 
     from eve_ms.models.eve import EveForCausalLM
     from eve_ms.training.config import LoraSettings
-    from eve_ms.training.lora import LORA_PARAM_GLOB, apply_lora, freeze_all_but
+    from eve_ms.training.lora import apply_lora
+    from eve_ms.training.trainable import LORA_PARAM_GLOB, freeze_all_but
 
     ms.set_seed(seed)
     config = eve_config(preset, evf=stage == 3)
@@ -38,7 +39,7 @@ def build_stage_network(preset: str, stage: int, seed: int = 0):
         apply_lora(network, "llm", LoraSettings(**LORA))
         freeze_all_but(network, ["adapter.*", LORA_PARAM_GLOB])
     elif stage == 3:
-        from eve_ms.models.evf_convert import freeze_for_stage3
+        from eve_ms.training.trainable import freeze_for_stage3
 
         freeze_for_stage3(network.llm)
         for param in network.adapter.get_parameters():

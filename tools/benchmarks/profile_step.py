@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
 
-    from eve_ms.training.mindformers_env import import_mindformers
+    from eve_ms.mindformers_env import import_mindformers
 
     import_mindformers()
     from mindspore.profiler import Profiler

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pynative-sync", action="store_true")
     args = parser.parse_args(argv)
 
-    from eve_ms.training.mindformers_env import import_mindformers
+    from eve_ms.mindformers_env import import_mindformers
 
     import_mindformers()
     import mindspore as ms

@@ -2,7 +2,7 @@
 
 Architecture per preset, equal shapes and parameter counts to the eve-ms model:
 - vision tower: Hugging Face `SiglipVisionModel` with the layers up to the selected one (frozen);
-- adapter: the PyTorch LDP of `eve_ms.convert.parity_cases` (MobileVLM's module layout);
+- adapter: the PyTorch LDP of tools/parity_cases.py (MobileVLM's module layout);
 - LLM: Hugging Face `LlamaForCausalLM` (its default attention implementation, as a PyTorch user runs it);
 - stage 2: LoRA (rank, alpha, dropout as eve-ms) on every nn.Linear of the LLM, lm_head included;
 - stage 3: in alternate layers the MLP becomes `TorchEVF`: a linear router, the img_gbpr modality
@@ -95,7 +95,7 @@ def _modules():
             super().__init__()
             from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-            from eve_ms.convert.parity_cases import torch_adapter
+            from parity_cases import torch_adapter  # tools/ is on sys.path (tools/bench.py)
 
             v, lm = config.vision, config.llm
             self.vision = SiglipVisionModel(SiglipVisionConfig(

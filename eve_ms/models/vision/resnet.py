@@ -11,11 +11,13 @@ statistics (`use_batch_statistics=False`): the encoder is frozen in every stage.
 """
 from __future__ import annotations
 
-from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 from mindspore import nn
 
 from eve_ms.config import VisionConfig
+from eve_ms.mindformers_env import mindformers_registry
 from eve_ms.models.vision.base import VisionEncoder, activation
+
+MindFormerModuleType, MindFormerRegister = mindformers_registry()
 
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, which Hugging Face ResNet uses
 

@@ -18,11 +18,13 @@ post-layernorm only normalises the pooled class token). SigLIP's pooling head is
 from __future__ import annotations
 
 import mindspore as ms
-from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 from mindspore import nn, ops
 
 from eve_ms.config import VisionConfig
+from eve_ms.mindformers_env import mindformers_registry
 from eve_ms.models.vision.base import VisionEncoder, activation
+
+MindFormerModuleType, MindFormerRegister = mindformers_registry()
 
 
 class Attention(nn.Cell):

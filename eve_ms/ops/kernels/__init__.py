@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -27,15 +26,13 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from eve_ms.ops.kernels.build import FALLBACK_HINT, KERNELS, KernelBuildError, build_kernel, find_compiler, library_path
-from eve_ms.ops.token_allocation import STRATEGIES
+from eve_ms.ops.token_allocation import STRATEGY_CODES, check_allocation_args
 
 logger = logging.getLogger(__name__)
 
 KERNEL_CHOICES = ("auto", "composed", "custom")
 BACKENDS = ("composed", "cpu", "cuda", "ascend")
 NATIVE_BACKEND = {"CPU": "cpu", "GPU": "cuda", "Ascend": "ascend"}
-# Strategy codes shared with allocation_common.h and the AscendC op (int attribute).
-STRATEGY_CODES = {"random": 0, "gbpr": 1, "img_gbpr": 2}
 NUM_COUNTS = 4  # kept0, kept1, dropped, redistributed
 
 # The AscendC operator (ascend_kernels/img_gbpr): op type, and the vendor its package installs as.
@@ -138,15 +135,10 @@ class KernelOpSpec:
 def _check_params(num_tokens, strategy, capacity, beta, redistribute_ratio):
     if not isinstance(num_tokens, int) or num_tokens < 1:
         raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    check_allocation_args(strategy, beta, redistribute_ratio)
     if not isinstance(capacity, int) or not 0 <= capacity <= num_tokens:
         raise ValueError(f"capacity must be an int in [0, num_tokens={num_tokens}], got {capacity!r} "
                          "(compute it with eve_ms.ops.token_allocation.compute_capacity)")
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
-    if not 0.0 <= redistribute_ratio <= 1.0:
-        raise ValueError(f"redistribute_ratio (W) must be in [0, 1], got {redistribute_ratio}")
 
 
 def kernel_op_spec(backend: str, num_tokens: int, strategy: str, capacity: int, beta: float = 1.0,

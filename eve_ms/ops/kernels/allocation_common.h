@@ -1,7 +1,7 @@
 // Shared by the CPU and CUDA allocation kernels: attribute names, strategy codes, and the
 // integer sort key that encodes "priority descending, token index ascending" exactly.
 //
-// Keep in sync with eve_ms/ops/kernels/__init__.py (ATTRIBUTES, STRATEGY_CODES) and with
+// Keep in sync with eve_ms/ops/token_allocation.py (STRATEGY_CODES), eve_ms/ops/kernels/__init__.py and with
 // ascend_kernels/img_gbpr (the AscendC op uses the same attribute names and codes).
 #ifndef EVE_MS_OPS_KERNELS_ALLOCATION_COMMON_H_
 #define EVE_MS_OPS_KERNELS_ALLOCATION_COMMON_H_

@@ -253,7 +253,7 @@ def _vision(backbone: str, select_layer: int):
         import torch
 
         from eve_ms.convert import load_hf_vision
-        from eve_ms.training.mindformers_env import import_mindformers
+        from eve_ms.mindformers_env import import_mindformers
 
         import_mindformers()  # the encoders' registry: keep MindFormers' logs out of the working directory
         size = {"resnet": RESNET_IMAGE_SIZE, "clip": CLIP_IMAGE_SIZE}.get(backbone, VIT["image_size"])

@@ -6,7 +6,7 @@ C++ computation called through ctypes (no framework overhead). Backends take tur
 every repeat, so a busy machine slows them alike; warm-up calls (graph compilation
 included) are excluded; the median of the repeats is reported.
 
-    python -m eve_ms.ops.kernels.bench_allocation [--sizes 1024 4096] [--mode graph]
+    python tools/benchmarks/allocation_latency.py [--sizes 1024 4096] [--mode graph]
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 
-from eve_ms.ops.token_allocation import allocate_reference, compute_capacity
+from eve_ms.ops.token_allocation import STRATEGY_CODES, allocate_reference, compute_capacity
 
 BACKENDS = ("cpu", "composed", "numpy", "cpu-raw")
-STRATEGY_CODES = {"random": 0, "gbpr": 1, "img_gbpr": 2}
 
 
 def _inputs(num_tokens: int, seed: int = 0):
