@@ -32,7 +32,7 @@ class DataConfig:
     max_reported_ids: int = 5  # sample ids listed per problem in the end-of-epoch report
     # Micro batch per rank; global batch = batch_size x world size x gradient accumulation steps.
     # A training run owns this number (runner_config.batch_size): there, a data.batch_size that
-    # differs is an error at load (eve_ms.training.stages.data_config), so leave it out of run yamls.
+    # differs is an error at load (eve_ms.training.sections.data_config), so leave it out of run yamls.
     batch_size: int = 4
     seed: int = 42
     shuffle: bool = True

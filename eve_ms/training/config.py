@@ -75,7 +75,7 @@ Unknown keys are errors naming the key and the file.
 
 Every section is checked when the yaml loads (`load_train_config`), each key by the dataclass that
 owns it, before any tokenizer, data or graph work; the Eve stages' task also checks its model,
-data and task_options sections then, even those the stage does not use (`stages.stage_sections`, parsed once),
+data and task_options sections then, even those the stage does not use (`sections.stage_sections`, parsed once),
 and the compute dtype against the run's device. Errors are `ConfigError`s naming the key and the file.
 
 Global batch = runner_config.batch_size x gradient_accumulation_steps x data-parallel size.
@@ -341,7 +341,7 @@ class TrainConfig:
     source: str = field(default="<dict>", repr=False, compare=False)
     yaml_text: str = field(default="", repr=False, compare=False)
     # The task's own sections (model, data, task_options) as its checker parsed them when the yaml loaded
-    # (`check_runnable`; the Eve stages: `stages.StageSections`), so the task does not parse them again.
+    # (`check_runnable`; the Eve stages: `sections.StageSections`), so the task does not parse them again.
     task_sections: Any = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
@@ -414,13 +414,13 @@ def check_runnable(config: TrainConfig, device_target: Optional[str] = None) -> 
     """What a config about to train must also satisfy (a config stored in a checkpoint need not):
     its compute dtype runs on the run's device (`device_target`, default the yaml's / this machine's), and the sections its task reads (model, data,
     task_options) are valid; the Eve stages' task checks them all, whatever the stage uses
-    (`eve_ms.training.stages.stage_sections`, kept as `task_sections`), before any tokenizer, data or graph work."""
+    (`eve_ms.training.sections.stage_sections`, kept as `task_sections`), before any tokenizer, data or graph work."""
     try:
         config.runner_wrapper.check_device(device_target or config.context.device)
     except ConfigError as err:
         raise ConfigError(f"{config.source}: {err}") from None
     if config.task == DEFAULT_TASK:
-        from eve_ms.training.stages import stage_sections
+        from eve_ms.training.sections import stage_sections
 
         config.task_sections = stage_sections(config)
 
