@@ -185,3 +185,33 @@ def test_longest_samples_measures_every_data_set_and_guards_stage0s_bound(tmp_pa
     assert 4 < longest["captions"] < longest["instruct"]
     with pytest.raises(RuntimeError, match="text_train.json: a sample of .* tokens was truncated"):
         pipeline.longest_samples(paths, stage0, text_max_length=longest["text_train"] - 1)
+
+
+def test_sigterm_to_the_parent_terminates_its_stage3_workers(tmp_path):
+    """`--jobs N`: a SIGTERM to `eve-ms demo` ends its worker processes too (they were left running as orphans)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    # time.sleep stands in for a stage-3 run: the same pool, workers busy when the signal comes
+    script.write_text("import time\nfrom eve_ms.demo.pipeline import run_in_workers\n"
+                      "if __name__ == '__main__':\n    run_in_workers(time.sleep, [120, 120], 2, print)\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        workers, deadline = [], time.time() + 60
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+            workers = [p for p in psutil.Process(parent.pid).children()
+                       if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, "the pool's workers did not start"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers still running after the parent ended: {alive}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -18,9 +18,12 @@ only paths, image size, LoRA rank, step counts, learning rates and seeds), train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -295,6 +298,39 @@ def _stage3_job(work: tuple) -> tuple:
     return name, seconds, result
 
 
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While inside: SIGTERM raises SystemExit in the main thread instead of killing the process outright.
+
+    Python's default SIGTERM action ends the process without unwinding, so a Pool's workers (each
+    training a stage-3 run) were left running as orphans; raised as an exception, it unwinds through
+    `with Pool`, whose exit terminates and joins the workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_in_workers(function, work: list, jobs: int, on_result) -> None:
+    """on_result(function(item)) for each item of `work`, in order, computed in `jobs` spawned worker processes.
+
+    One task per worker process (a fresh MindSpore context each); SIGTERM or an error in the parent
+    (on_result included) terminates the workers rather than orphaning them."""
+    import multiprocessing
+
+    with _sigterm_raises(), multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        for result in pool.imap(function, work):
+            on_result(result)
+
+
 def run_demo(out_dir: str, quick: bool = False, seed: int = 0, log=print, jobs: int = 1) -> dict:
     """Run everything; returns the report (also written to out_dir).
 
@@ -337,19 +373,19 @@ def run_demo(out_dir: str, quick: bool = False, seed: int = 0, log=print, jobs: 
             lengths = _longest(out_dir, paths, plan, done is not None)
             log(f"   longest samples (tokens): {lengths}")
     if pending:
-        import multiprocessing
-
         log(f"\n== {len(pending)} stage-3 runs in {jobs} worker processes")
         vqa_length = lengths["instruct_multimodal"] + 8
         work = [(name, path, out_dir, paths, run_spec(name)[3] in plan.evaluated, vqa_length)
                 for name, path in pending]
-        with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-            for name, seconds, result in pool.imap(_stage3_job, work):
-                timings[name] = seconds
-                if result is not None:
-                    results[name] = result
-                    log(f"   {name}: VQA {result['vqa']['accuracy']:.3f}, "
-                        f"language accuracy {result['language']['accuracy']:.3f}")
+        def finished(job):
+            name, seconds, result = job
+            timings[name] = seconds
+            if result is not None:
+                results[name] = result
+                log(f"   {name}: VQA {result['vqa']['accuracy']:.3f}, "
+                    f"language accuracy {result['language']['accuracy']:.3f}")
+
+        run_in_workers(_stage3_job, work, jobs, finished)
 
     runs = {v: [run_name(v, s) for s in plan.seeds] for v in plan.variants}
     summary = {
