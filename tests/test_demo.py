@@ -156,6 +156,17 @@ def test_claims_from_measurements_over_seeds():
     assert report.check_claims(summary)["allocation_order_vqa"]["met"] is False
 
 
+def test_count_questions_are_answered_in_digits_not_the_language_evaluations_number_words():
+    """Counts answer "2" (as VQAv2's do): number-word answers trained the words of the counting items."""
+    import random
+
+    objects = [synthetic.SceneObject("red", "circle", "top left"), synthetic.SceneObject("blue", "square", "top right")]
+    count = next(q for q in synthetic.questions(objects, random.Random(0), max_objects=2) if q["type"] == "count")
+    assert count["answer"] == "2" and count["options"] == ["1", "2"]
+    language_words = {w.strip(" .") for q in synthetic._language_questions() for w in q["options"]}
+    assert not set(count["options"]) & language_words
+
+
 def _stage0_dir(tmp_path, paths):
     """What stage 0 leaves for `longest_samples`: the tiny model config and a tokenizer trained on the data."""
     from eve_ms.config import load_eve_config, save_eve_config
