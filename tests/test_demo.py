@@ -156,6 +156,17 @@ def test_claims_from_measurements_over_seeds():
     assert report.check_claims(summary)["allocation_order_vqa"]["met"] is False
 
 
+def test_count_questions_are_answered_in_digits_not_the_language_evaluations_number_words():
+    """Counts answer "2" (as VQAv2's do): number-word answers trained the words of the counting items."""
+    import random
+
+    objects = [synthetic.SceneObject("red", "circle", "top left"), synthetic.SceneObject("blue", "square", "top right")]
+    count = next(q for q in synthetic.questions(objects, random.Random(0), max_objects=2) if q["type"] == "count")
+    assert count["answer"] == "2" and count["options"] == ["1", "2"]
+    language_words = {w.strip(" .") for q in synthetic._language_questions() for w in q["options"]}
+    assert not set(count["options"]) & language_words
+
+
 def _stage0_dir(tmp_path, paths):
     """What stage 0 leaves for `longest_samples`: the tiny model config and a tokenizer trained on the data."""
     from eve_ms.config import load_eve_config, save_eve_config
@@ -185,3 +196,33 @@ def test_longest_samples_measures_every_data_set_and_guards_stage0s_bound(tmp_pa
     assert 4 < longest["captions"] < longest["instruct"]
     with pytest.raises(RuntimeError, match="text_train.json: a sample of .* tokens was truncated"):
         pipeline.longest_samples(paths, stage0, text_max_length=longest["text_train"] - 1)
+
+
+def test_sigterm_to_the_parent_terminates_its_stage3_workers(tmp_path):
+    """`--jobs N`: a SIGTERM to `eve-ms demo` ends its worker processes too (they were left running as orphans)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    # time.sleep stands in for a stage-3 run: the same pool, workers busy when the signal comes
+    script.write_text("import time\nfrom eve_ms.demo.pipeline import run_in_workers\n"
+                      "if __name__ == '__main__':\n    run_in_workers(time.sleep, [120, 120], 2, print)\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        workers, deadline = [], time.time() + 60
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+            workers = [p for p in psutil.Process(parent.pid).children()
+                       if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, "the pool's workers did not start"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers still running after the parent ended: {alive}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

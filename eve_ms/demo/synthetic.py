@@ -128,8 +128,11 @@ def questions(objects: list[SceneObject], rng: random.Random, max_objects: int =
     out.append({"type": "presence", "question": f"Is there a {colour} object?",
                 "answer": "yes" if present else "no", "options": ["yes", "no"]})
     if max_objects > 1:
-        out.append({"type": "count", "question": "How many objects are there?", "answer": NUMBER_WORDS[len(objects)],
-                    "options": list(NUMBER_WORDS[1:max_objects + 1])})
+        # Counts are answered in digits, as VQAv2's are: answered in number words ("two"), stage 2's
+        # LoRA raised those words' prior and the language evaluation's counting items ("after three
+        # comes four.") were the ones it flipped (full plan, stage 0 -> 2: 31 -> 29 of 38)
+        out.append({"type": "count", "question": "How many objects are there?", "answer": str(len(objects)),
+                    "options": [str(n) for n in range(1, max_objects + 1)]})
     return out
 
 
