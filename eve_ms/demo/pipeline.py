@@ -30,12 +30,10 @@ from dataclasses import asdict, dataclass, field
 import yaml
 
 from eve_ms.demo import synthetic
+from eve_ms.demo.runs import VARIANT_RUN, VARIANTS, run_name
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             "yaml_configs", "tiny")
-
-
-VARIANTS = ("img_gbpr", "gbpr", "random", "moe")  # stage-3 variants: the method, its ablations, the MoE baseline
 
 
 @dataclass(frozen=True)
@@ -96,12 +94,6 @@ PLANS = {
 # few tokens, so the capacity (1.5 x B x S / 2 slots per expert) is measured against real tokens.
 TEMPLATES = {"text_train": "plain", "captions": "plain", "instruct": "v1", "instruct_multimodal": "v1"}
 STAGE3_YAML = {"img_gbpr": "stage3.yaml", "gbpr": "stage3.yaml", "random": "stage3.yaml", "moe": "stage3_moe.yaml"}
-VARIANT_RUN = {"img_gbpr": "stage3", "gbpr": "stage3_gbpr", "random": "stage3_random", "moe": "stage3_moe"}
-
-
-def run_name(variant: str, seed: int) -> str:
-    """Output folder of a stage-3 variant's run: stage3[_random|_gbpr|_moe][_seedN]."""
-    return VARIANT_RUN[variant] + (f"_seed{seed}" if seed else "")
 
 
 def run_spec(name: str) -> tuple:

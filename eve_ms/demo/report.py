@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from eve_ms.demo.runs import run_name
+
 LABELS = {
     "stage0": "stage 0 (LLM pretrain)",
     "stage1": "stage 1 (adapter)",
@@ -120,8 +122,6 @@ def routing_summary(out_dir: str, names: list) -> dict:
 
 def sequence_proportions(out_dir: str, paths: dict, lengths: dict) -> dict:
     """What a stage-3 batch holds, measured from the first stage-3 run's log: tokens per sample by modality."""
-    from eve_ms.demo.pipeline import run_name
-
     records = _routing_records(out_dir, run_name("img_gbpr", 0))
     layer = sorted(records[0]["routing"])[0]
     image = sum(r["routing"][layer]["image"]["valid"] for r in records)
@@ -141,8 +141,6 @@ def _claim(value, sd, met) -> dict:
 
 
 def _seeds(summary: dict, variant: str) -> list:
-    from eve_ms.demo.pipeline import run_name
-
     return [run_name(variant, s) for s in summary["plan"]["seeds"]]
 
 
