@@ -14,8 +14,8 @@ small step, the same at any batch) and the CPU kernels' own host buffers outside
 with the batch (~0.9 GiB per 4 small-preset sequences, measured; no device has them: on Ascend a kernel's
 workspace comes from the device pool for the kernel's duration). What was measured and ruled out
 (README, "Planning a run"): MindSpore's CPU backend does reuse a tensor's memory after its last use
-(a 400-op chain holds two buffers), glibc's arenas and mmap threshold, jit_level and
-memory_optimize_level change nothing.
+(`pool_reuse.py`), and glibc's arenas, its mmap threshold, jit_level and memory_optimize_level change
+nothing.
 
 FLOPs: the planner's forward + backward FLOPs of the stage-3 step against an independent count, the
 floor suite's list of the step's matrix products and attention cores (`floor_suite.stage3_products`,
@@ -85,9 +85,12 @@ def run(size: str, report: Report) -> None:
                           f"(gradient buffers {result['accum_bytes'] / 2**20:.1f} of it) + weights and AdamW "
                           f"moments {result['state_bytes'] / 2**20:.1f}")
         in_graph = predicted - parts["frozen_weights"] - parts["trainable_weights"] - parts["optimizer_state"]
-        report.add(f"plan_step_memory_over_pool[{tag}]", in_graph / result["pool_step"], "x",
-                   note=f"planned activations, logits, working, EVF buffers and both gradient copies "
-                        f"{in_graph / 2**20:.1f} MiB; pool high-water mark {result['pool_step'] / 2**20:.1f} MiB")
+        graph = in_graph - parts["gradients"]  # what the step's graph adds to the pool (buffers exist before)
+        grown = result["pool_step"] - result["pool_built"]
+        report.add(f"plan_step_memory_over_pool_growth[{tag}]", graph / grown, "x",
+                   note=f"planned activations, logits, working and EVF buffers {graph / 2**20:.1f} MiB; the pool "
+                        f"grew {grown / 2**20:.1f} MiB in the steps (from {result['pool_built'] / 2**20:.1f} MiB "
+                        "after building: parameter initialisation touched it)")
         above = result["peak_step_rss"] - result["baseline_rss"]
         report.add(f"plan_memory_over_process_rss[{tag}]", predicted / above, "x",
                    note=f"whole process above its {result['baseline_rss'] / 2**20:.0f} MiB baseline: "

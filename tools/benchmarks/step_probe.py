@@ -75,6 +75,10 @@ def main(argv=None) -> int:
         "first_step_s": first, "step_s": statistics.median(times), "tokens": step.tokens, "samples": step.samples,
         "baseline_rss": baseline, "built_rss": built, "peak_step_rss": peak_rss_bytes() if reset else None,
         "peak_rss": max(peak_before, peak_rss_bytes()), "trainable": sum(int(p.size) for p in step.trainer.params),
+        "pool_built": pool_built, "pool_step": memory_pool_bytes(),
+        "state_bytes": _bytes(step.trainer.network.get_parameters())
+        + _bytes(step.trainer.optimizer.moments1) + _bytes(step.trainer.optimizer.moments2),
+        "accum_bytes": _bytes(step.trainer.accum),
     }
     print(json.dumps(result))
     return 0
