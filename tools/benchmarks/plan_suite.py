@@ -90,7 +90,7 @@ def run(size: str, report: Report) -> None:
         report.add(f"plan_step_memory_over_pool_growth[{tag}]", graph / grown, "x",
                    note=f"planned activations, logits, working and EVF buffers {graph / 2**20:.1f} MiB; the pool "
                         f"grew {grown / 2**20:.1f} MiB in the steps (from {result['pool_built'] / 2**20:.1f} MiB "
-                        "after building: parameter initialisation touched it)")
+                        "after building the model, which touched it)")
         above = result["peak_step_rss"] - result["baseline_rss"]
         report.add(f"plan_memory_over_process_rss[{tag}]", predicted / above, "x",
                    note=f"whole process above its {result['baseline_rss'] / 2**20:.0f} MiB baseline: "
