@@ -11,7 +11,7 @@ gradient reads its output: one 64 MiB tensor per op kept until the backward, as 
 Measured with MindSpore 2.9 (README, "Planning a run"), pool for N = 4 / 16: sin forward 128 / 128 MiB,
 add forward + backward 128 / 128 MiB, exp forward + backward 320 / 1,088 MiB (= N + 1 buffers): the backend
 frees and reuses a tensor's memory after its last use, keeping only what the backward reads, which is the
-device model `eve_ms.plan` assumes.
+device model `eve_ms.plan` assumes. (Not every op chain reuses on CPU: README, "Planning a run".)
 """
 from __future__ import annotations
 
