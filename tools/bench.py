@@ -12,7 +12,7 @@ Suites (all by default, in this order; the code of each is in tools/benchmarks/)
 | floor | stage-3 step over the same GEMMs and attention alone; raw 1024x256x688 GEMM | <= 1.25x |
 | inference | language-only stage-3 forward over dense; KV-cache generation beside transformers' generate and the decode floor; eve-ms eval questions/s | within 2%; decode >= 0.5x transformers, <= 2x floor; prefill >= 0.5x |
 | data | LlavaLoader samples/s beside the training step's | loader faster than the step |
-| plan | `eve-ms plan`'s memory of stage-2/3 steps (tiny, small) over their measured peak RSS; its FLOPs over an independent count | memory 0.8-1.25x; FLOPs 0.95-1.05x |
+| plan | `eve-ms plan`'s memory of stage-2/3 steps (tiny, small) over what they hold (MindSpore's CPU memory pool + weights and AdamW moments); its FLOPs over an independent count | memory 0.8-1.25x; FLOPs 0.95-1.05x |
 
 Default sizes finish in about ten minutes on a 2-core CPU; `--quick` is a one-to-two-minute smoke
 run (smaller sizes and repeats: its numbers are not the reported ones). Compared things are timed

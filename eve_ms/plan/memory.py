@@ -17,6 +17,14 @@
 - logits: [tokens, vocab] logits, their float32 log-softmax and its gradient;
 - working: the largest temporaries of one block (attention scores, the rebuilt layer under recompute);
 - framework reserve: the device's memory a process cannot allocate (devices.yaml).
+
+The model is of a device whose allocator frees a tensor after its last use, which MindSpore's does:
+on CPU its memory pool holds at a step's peak what the parts above predict (`tools/bench.py --suite
+plan`, which reads the pool's resident pages; `tools/benchmarks/pool_reuse.py` shows the reuse on its
+own). The parts are summed, an upper bound: the compiled small step peaks where the loss's backward
+starts, before the backward's float32 gradients exist (its graph's liveness, from MindSpore's IR dump).
+What a CPU process holds besides (interpreter and libraries, compiled graphs, the CPU kernels' host
+buffers outside the pool) is not a device's memory and is not planned.
 """
 from __future__ import annotations
 
