@@ -22,7 +22,8 @@ Entry points (B batch, S tokens, H hidden, V vocabulary, M cache slots):
 - `llm.init_cache(batch_size, max_len)` and `llm.forward_step(inputs_embeds, attention_mask,
   cache_position, key_cache, value_cache, is_image=None, routing_noise=None)
   -> (logits, key_cache, value_cache)` for incremental decoding with static shapes
-- `causal_lm_loss(logits, labels) -> (loss_sum, num_targets)`, `LLMDecodeStep`, `greedy_generate`
+- `causal_lm_loss(logits, labels) -> (loss_sum, num_targets)`, `LLMDecodeStep` (greedy decoding of an LLM:
+  `eve_ms.inference.generate.greedy_generate`, the generation loop of every model)
 
 `attention_mask` is [B, S] (or [B, M] with a cache): 1 = real token, 0 = padding, left or right.
 Position ids follow from it as `cumsum(mask) - 1` (Hugging Face's rule for left padding), so a
@@ -47,7 +48,7 @@ from eve_ms.ops.fused import (
 
 __all__ = [
     "LLM", "LLMDecodeStep", "RMSNorm", "Attention", "DecoderLayer", "Decoder", "Embedding",
-    "causal_lm_loss", "greedy_generate", "rope_tables", "rope_inverse_frequencies",
+    "causal_lm_loss", "rope_tables", "rope_inverse_frequencies",
     "llm_param_count", "ffn_param_count", "ROPE_TYPES",
 ]
 
@@ -616,58 +617,6 @@ class LLMDecodeStep(nn.Cell):
 
     def construct(self, input_ids, attention_mask, cache_position, key_cache, value_cache):
         return self.llm.forward_step(self.llm.embed(input_ids), attention_mask, cache_position, key_cache, value_cache)
-
-
-def greedy_generate(step, input_ids, attention_mask, max_new_tokens: int, eos_token_id: int | None = None,
-                    pad_token_id: int = 0, timings: list | None = None) -> np.ndarray:
-    """Greedy decoding with a static KV cache: returns the new tokens [B, max_new_tokens] (numpy).
-
-    step: an `LLMDecodeStep` or the `LLM` itself. input_ids, attention_mask [B, S] (numpy or
-    tensors); prompts of different lengths are left-padded. After a sample emits `eos_token_id`,
-    its remaining tokens are `pad_token_id`. The LLM runs as a `kv_cache.CachedLMStep`: the cache
-    stays in Parameters written in place and the argmax is taken in the graph, so a step hands
-    back B token ids; the cache and compiled cell of each (batch, length) shape are kept on `step`
-    for its next call. `timings`, when given, gets the seconds of each call (prefill first),
-    token read-back included.
-    """
-    import time
-
-    from eve_ms.models.kv_cache import CacheCells, CachedLMStep
-
-    llm = step.llm if isinstance(step, LLMDecodeStep) else step
-    ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, Tensor) else input_ids).astype(np.int32)
-    prompt_mask = attention_mask.asnumpy() if isinstance(attention_mask, Tensor) else attention_mask
-    b, s = ids.shape
-    total = s + max_new_tokens
-    mask = np.zeros((b, total), np.int32)
-    mask[:, :s] = np.asarray(prompt_mask, np.int32)
-    cells = step.__dict__.get("_greedy_cells")
-    if cells is None:
-        cells = CacheCells(llm.config, llm.model.embed_tokens.weight.dtype, lambda cache, _: CachedLMStep(llm, cache))
-        step.__dict__["_greedy_cells"] = cells
-    cell, cache = cells.get(b, total)
-    cache.reset()
-
-    def call(*args):
-        start = time.perf_counter()
-        token = cell(*args)[0].asnumpy()
-        if timings is not None:
-            timings.append(time.perf_counter() - start)
-        return token
-
-    token = call(Tensor(ids), Tensor(mask), Tensor(0, ms.int32))
-    out = np.full((b, max_new_tokens), pad_token_id, np.int32)
-    finished = np.zeros(b, bool)
-    for t in range(max_new_tokens):
-        token = np.where(finished, pad_token_id, token).astype(np.int32)
-        out[:, t] = token
-        if eos_token_id is not None:
-            finished |= token == eos_token_id
-        if t == max_new_tokens - 1 or finished.all():
-            break
-        mask[:, s + t] = 1
-        token = call(Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32))
-    return out
 
 
 # --------------------------------------------------------------------------- config checks and sizes

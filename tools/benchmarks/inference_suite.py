@@ -5,7 +5,8 @@ The stage-3 model is `convert_dense_to_evf(dense)` switched to `language_only` (
 inputs run the language FFN alone, bit-identical to the dense model). Side by side in graph mode:
 full-sequence forward tokens/s of both (target: within 2%).
 
-Generation (greedy, static KV cache, `greedy_generate`): the dense LLM, its stage-3 conversion, the
+Generation (greedy, static KV cache, `greedy_generate`: `Generator`'s loop, the one eve-ms chat, eval and
+the server run): the dense LLM, its stage-3 conversion, the
 same weights exported by `eve-ms convert to-hf-llm`'s code (`export_hf_llm`) and loaded by
 transformers' `LlamaForCausalLM`, generating with `generate` (greedy, its KV cache), and the decode
 floor: the decode step's matrix products alone (per layer q, k, v, o, the FFN's three, the attention
@@ -49,7 +50,7 @@ def run(size: str, report: Report) -> None:
 
     from eve_ms.config import EVFConfig, LLMConfig
     from eve_ms.models.evf_convert import convert_dense_to_evf
-    from eve_ms.models.llm import LLM, LLMDecodeStep, greedy_generate
+    from eve_ms.models.llm import LLM
 
     spec = SIZES[size]
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -146,7 +147,8 @@ def _generation(spec, report, config, dense, stage3, prompt, mask) -> None:
 
     import torch
 
-    from eve_ms.models.llm import LLMDecodeStep, greedy_generate
+    from eve_ms.inference.generate import greedy_generate
+    from eve_ms.models.llm import LLMDecodeStep
 
     batch, new = spec["batch"], spec["new_tokens"]
     slots = spec["prompt"] + new
