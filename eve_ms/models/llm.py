@@ -233,6 +233,9 @@ class Attention(nn.Cell):
         self.v_proj = nn.Dense(h, self.num_kv_heads * d, has_bias=bias)
         self.o_proj = nn.Dense(self.num_heads * d, h, has_bias=bias)
         self.scale = d**-0.5
+        # q @ k^T with k as stored: transposing k first copied it whole every call (with a cache, all M slots
+        # of it: 6 % of a small decode step's kernel time, tools/benchmarks/profile_decode.py)
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         fused = fused if fused is not None else select_fused_ops(config)
         self.fused_attention, self.fused_rotary = fused.attention, fused.rotary
         self.flash_kwargs = flash_attention_kwargs(config)
@@ -263,7 +266,7 @@ class Attention(nn.Cell):
             v = _write_cache(value_cache, v, write_start)
 
         # the scale on q: [S, D] per head is smaller than the [S, K] scores
-        scores = ops.matmul(q * self.scale, ops.transpose(self._repeat_kv(k), (0, 1, 3, 2)))
+        scores = self.scores_matmul(q * self.scale, self._repeat_kv(k))
         scores = scores.astype(ms.float32) + mask_bias
         probs = ops.softmax(scores, -1).astype(q.dtype)
         out = ops.matmul(probs, self._repeat_kv(v))
