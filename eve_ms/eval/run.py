@@ -10,10 +10,10 @@ OpenCompass's HF models evaluate in), each benchmark's generation budget and sho
 
 On CPU the execution mode and compute dtype default to graph and float32 instead (`device_defaults`):
 there PyNative dispatches every operator from Python (tens of milliseconds per decode step of the tiny
-model) and float16 has no arithmetic of its own (MindSpore's CPU float16 kernels ran 2.5-4x slower than
-float32 on the tiny Eve, and its PyNative float16 path turned the tiny Eve's GQA prompts into NaN logits,
-every answer empty). Graph mode and PyNative give the same float32 answers (tests/eval/test_eval_runner.py). The model is reached through `load_predictor`,
-which imports the inference module only when a run needs it.
+model), MindSpore's CPU float16 kernels ran 2.5-4x slower than float32 on the tiny Eve, and its PyNative
+float16 path turned the tiny Eve's GQA prompts into NaN logits, every answer empty. Graph mode gives
+PyNative's float32 answers and scores (tests/inference/test_predictor.py). The model is reached through
+`load_predictor`, which imports the inference module only when a run needs it.
 """
 from __future__ import annotations
 
