@@ -34,15 +34,17 @@ PROTOCOL_COMPUTE_DTYPE = "float16"
 GRAPH_LENGTH_BUCKET = 64  # as `eve-ms chat`: graph mode compiles one graph per padded length
 
 
-def device_defaults(device_target: str) -> dict:
+def device_defaults(device_target: str, compute_dtype: str | None = None) -> dict:
     """The execution mode and compute dtype `eve-ms eval` uses on a device unless told otherwise.
 
     CPU: graph and float32 (the module docstring says why); GPU / Ascend: PyNative and the protocol's
-    float16, as before (graph mode with float16 is not verified there: on CPU its logits differ
-    from PyNative float16's beyond rounding)."""
+    float16, as before. A dtype other than float32 keeps PyNative on CPU too: graph mode with float16
+    is not verified (on CPU its text logits differ from PyNative float16's beyond rounding and its
+    image questions fail to compile)."""
     if device_target == "CPU":
-        return {"exec_mode": "graph", "compute_dtype": "float32"}
-    return {"exec_mode": "pynative", "compute_dtype": PROTOCOL_COMPUTE_DTYPE}
+        dtype = compute_dtype or "float32"
+        return {"exec_mode": "graph" if dtype == "float32" else "pynative", "compute_dtype": dtype}
+    return {"exec_mode": "pynative", "compute_dtype": compute_dtype or PROTOCOL_COMPUTE_DTYPE}
 
 
 def load_predictor(checkpoint_dir: str, **kw):
@@ -94,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU | GPU | Ascend (default: $EVE_DEVICE_TARGET, else CPU)")
     parser.add_argument("--exec-mode", default=None, choices=["pynative", "graph"],
                         help="MindSpore execution mode (graph compiles each new shape once; default graph on "
-                             "CPU, pynative elsewhere)")
+                             "CPU in float32, pynative otherwise)")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="CPU runtime threads (default: the cores, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,9 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from eve_ms import runtime
 
-    defaults = device_defaults(runtime.resolve_device_target(args.device_target))
+    defaults = device_defaults(runtime.resolve_device_target(args.device_target), args.compute_dtype)
     exec_mode = args.exec_mode or defaults["exec_mode"]
-    compute_dtype = args.compute_dtype or defaults["compute_dtype"]
+    compute_dtype = defaults["compute_dtype"]
     # libraries that log to stdout while they load log to stderr: stdout carries the result line only
     with contextlib.redirect_stdout(sys.stderr):
         runtime.setup_context(args.device_target, exec_mode, args.num_threads)

@@ -172,6 +172,10 @@ def test_cli_sets_up_the_context_writes_answers_and_results_and_resumes(pope_set
     assert cli.main(ascend) == 0  # elsewhere the protocol's float16, in PyNative
     assert contexts[-1] == ("Ascend", "pynative", None)
     assert built[-2] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float16"})
+    half = argv + ["--compute-dtype", "float16", "--output", str(tmp_path / "half")]
+    assert cli.main(half) == 0  # float16 on CPU stays in PyNative: graph mode with float16 is not verified
+    assert contexts[-1] == ("CPU", "pynative", 2)
+    assert built[-2] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float16"})
 
 
 def test_cli_flags_reach_the_predictor_and_the_protocol(pope_setup, tmp_path, monkeypatch, fake_generator):
