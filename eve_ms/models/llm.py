@@ -52,7 +52,12 @@ __all__ = [
     "llm_param_count", "ffn_param_count", "ROPE_TYPES",
 ]
 
-_FP32_MIN = float(np.finfo(np.float32).min)  # masked attention scores: finite, so an all-masked row stays NaN-free
+# Masked attention scores get this added: finite in float16, bfloat16 and float32 alike. The bias reaches
+# an attention cell as an input, and mixed precision casts a float16 cell's inputs to float16, where the
+# float32 minimum (the value used before) is -inf: a left-padding query that may see nothing then got
+# NaN weights, NaN keys and values went into the cache, and 0 * NaN made every later step of the sample
+# NaN (PyNative float16 generation answered nothing). exp(score - 65504) is 0 in float32 as it was.
+_MASK_MIN = float(np.finfo(np.float16).min)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -463,11 +468,12 @@ def causal_lm_loss(logits, labels, ignore_index: int = IGNORE_INDEX):
 
 
 def _mask_bias(allowed):
-    """allowed [B, 1, S, K] bool -> float32 0 where allowed, the float32 minimum where not.
+    """allowed [B, 1, S, K] bool -> float32 0 where allowed, `_MASK_MIN` (-65504) where not.
 
-    Finite, so a query that may see nothing (a padding row) gets uniform weights, not NaN; a score
-    plus the minimum rounds to the minimum, so masked slots get weight exactly 0."""
-    return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), _FP32_MIN, dtype=ms.float32))
+    Finite in every compute dtype, so a query that may see nothing (a padding row) gets finite
+    weights, not NaN; a score plus -65504 is far below any real score, so masked slots get weight
+    exactly 0 (the exponential underflows)."""
+    return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), _MASK_MIN, dtype=ms.float32))
 
 
 def _positions_from_mask(mask):

@@ -143,6 +143,13 @@ def test_float16_compute_gives_the_float32_scores_to_half_precision(checkpoint_d
     assert half.model.forward(Tensor(np.ones((1, 4), np.int32)))[0].dtype == ms.float16  # the rest runs in float16
     texts = ["The answer is yes.", "The answer is no."]
     np.testing.assert_allclose(half.ppl(texts), predictor.ppl(texts), rtol=2e-3)  # measured: 1.5e-4
+    # a left-padded prompt: its padding queries may see nothing, and in float16 their scores must stay finite
+    ids = half.prompt_ids("Is the cat on the sofa?", False)
+    assert len(ids) % half.generator.length_bucket  # padded on the left to the bucket
+    config = GenerationConfig(max_new_tokens=3)
+    halves, fulls = (p.generator.generate([ids], None, config, keep_logits=True)[0] for p in (half, predictor))
+    assert np.isfinite(halves.logits).all()
+    np.testing.assert_allclose(halves.logits, fulls.logits, atol=2e-2)  # measured: 8.5e-3
     with pytest.raises(ConfigError, match="compute_dtype must be one of"):
         build_predictor(checkpoint_dir, compute_dtype="int8")
 
