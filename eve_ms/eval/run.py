@@ -11,7 +11,8 @@ OpenCompass's HF models evaluate in), each benchmark's generation budget and sho
 On CPU the execution mode and compute dtype default to graph and float32 instead (`device_defaults`):
 there PyNative dispatches every operator from Python (tens of milliseconds per decode step of the tiny
 model), MindSpore's CPU float16 kernels ran 2.5-4x slower than float32 on the tiny Eve, and its PyNative
-float16 path turned the tiny Eve's GQA prompts into NaN logits, every answer empty. Graph mode gives
+float16 path turned the tiny Eve's GQA prompts into NaN logits, every answer empty (fixed since: the
+attention mask's value, eve_ms/models/llm.py). Graph mode gives
 PyNative's float32 answers and scores (tests/inference/test_predictor.py). The model is reached through
 `load_predictor`, which imports the inference module only when a run needs it.
 """
@@ -39,8 +40,8 @@ def device_defaults(device_target: str, compute_dtype: str | None = None) -> dic
 
     CPU: graph and float32 (the module docstring says why); GPU / Ascend: PyNative and the protocol's
     float16, as before. A dtype other than float32 keeps PyNative on CPU too: graph mode with float16
-    is not verified (on CPU its text logits differ from PyNative float16's beyond rounding and its
-    image questions fail to compile)."""
+    is not verified end to end (on CPU its image questions fail to compile: the patch embedding's
+    float32 pixels meet the weight graph mode casts to float16)."""
     if device_target == "CPU":
         dtype = compute_dtype or "float32"
         return {"exec_mode": "graph" if dtype == "float32" else "pynative", "compute_dtype": dtype}

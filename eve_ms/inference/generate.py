@@ -99,6 +99,22 @@ class GenerationOutput:
     logits: Optional[np.ndarray] = None  # [steps, V] float32: what each token was chosen from (keep_logits)
 
 
+def cache_dtype(llm):
+    """The dtype of the KV cache: the one the attention computes keys in.
+
+    Under mixed precision (a float16 / bfloat16 cell, `ms.amp.auto_mixed_precision`) the weights stay
+    float32 but graph mode reads a float32 cache Parameter through a cast to the compute dtype, and the
+    in-place write of a step's keys then goes to that copy, not the cache: decode steps saw an empty
+    cache (graph-mode float16 generation diverged from PyNative's after the prefill). A cache of the
+    compute dtype is read and written as it is."""
+    kind = str(llm.model.layers[0].self_attn.get_mixed_precision_type())
+    if kind.endswith("FP16"):
+        return ms.float16
+    if kind.endswith("BF16"):
+        return ms.bfloat16
+    return llm.model.embed_tokens.weight.dtype
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -130,7 +146,7 @@ class Generator:
 
             ids = special_ids(tokenizer)
             self.eos_token_id, self.pad_token_id = ids.eos, ids.pad
-        self._cells = CacheCells(model.config.llm, model.llm.model.embed_tokens.weight.dtype, self._make_cell)
+        self._cells = CacheCells(model.config.llm, cache_dtype(model.llm), self._make_cell)
         model.set_train(False)
 
     # ------------------------------------------------------------------ modes

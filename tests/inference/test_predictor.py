@@ -150,6 +150,7 @@ def test_float16_compute_gives_the_float32_scores_to_half_precision(checkpoint_d
     halves, fulls = (p.generator.generate([ids], None, config, keep_logits=True)[0] for p in (half, predictor))
     assert np.isfinite(halves.logits).all()
     np.testing.assert_allclose(halves.logits, fulls.logits, atol=2e-2)  # measured: 8.5e-3
+    assert half.generator._cells.dtype == ms.float16  # the cache is kept in the compute dtype (graph mode needs it)
     with pytest.raises(ConfigError, match="compute_dtype must be one of"):
         build_predictor(checkpoint_dir, compute_dtype="int8")
 
