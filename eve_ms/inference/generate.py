@@ -34,7 +34,9 @@ in language_only mode or in a dense model.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
 import mindspore as ms
@@ -97,6 +99,22 @@ class GenerationOutput:
     logits: Optional[np.ndarray] = None  # [steps, V] float32: what each token was chosen from (keep_logits)
 
 
+def cache_dtype(llm):
+    """The dtype of the KV cache: the one the attention computes keys in.
+
+    Under mixed precision (a float16 / bfloat16 cell, `ms.amp.auto_mixed_precision`) the weights stay
+    float32 but graph mode reads a float32 cache Parameter through a cast to the compute dtype, and the
+    in-place write of a step's keys then goes to that copy, not the cache: decode steps saw an empty
+    cache (graph-mode float16 generation diverged from PyNative's after the prefill). A cache of the
+    compute dtype is read and written as it is."""
+    kind = str(llm.model.layers[0].self_attn.get_mixed_precision_type())
+    if kind.endswith("FP16"):
+        return ms.float16
+    if kind.endswith("BF16"):
+        return ms.bfloat16
+    return llm.model.embed_tokens.weight.dtype
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -128,7 +146,7 @@ class Generator:
 
             ids = special_ids(tokenizer)
             self.eos_token_id, self.pad_token_id = ids.eos, ids.pad
-        self._cells = CacheCells(model.config.llm, model.llm.model.embed_tokens.weight.dtype, self._make_cell)
+        self._cells = CacheCells(model.config.llm, cache_dtype(model.llm), self._make_cell)
         model.set_train(False)
 
     # ------------------------------------------------------------------ modes
@@ -176,6 +194,7 @@ class Generator:
         keep_logits: bool = False,
         configs: Optional[Sequence[GenerationConfig]] = None,
         cancelled: Optional[Callable[[int], bool]] = None,
+        timings: Optional[list] = None,
     ) -> list[GenerationOutput]:
         """One `GenerationOutput` per prompt, in order.
 
@@ -189,6 +208,7 @@ class Generator:
         with `config` the batch shares one generator seeded by config.seed.
         cancelled(index): polled before every step; a prompt for which it answers True stops
         there (finish reason "cancelled") and the generation ends once no prompt is left.
+        timings: when given, gets the seconds of every step call (prefill first), its read-back included.
         """
         prompts = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in input_ids]
         if configs is not None:
@@ -225,7 +245,7 @@ class Generator:
                     [prompts[i] for i in part], [pixels[i] for i in part] if with_image else None,
                     [limits[i] for i in part], mode, [row_configs[i] for i in part], rngs, noise_rng,
                     (lambda row, text, _part=part: stream(_part[row], text)) if stream else None, keep_logits,
-                    (lambda row, _part=part: cancelled(_part[row])) if cancelled else None,
+                    (lambda row, _part=part: cancelled(_part[row])) if cancelled else None, timings,
                 )
                 for i, result in zip(part, results):
                     outputs[i] = result
@@ -281,7 +301,7 @@ class Generator:
         return tokens
 
     def _generate_group(self, prompts, pixels, limits, mode, configs, rngs, noise_rng, stream, keep_logits,
-                        cancelled=None):
+                        cancelled=None, timings=None):
         batch = len(prompts)
         steps = max(limits)
         longest = self.config.llm.max_position_embeddings
@@ -300,6 +320,18 @@ class Generator:
         seen = [[] for _ in prompts]  # logits of each sample's steps, when kept
         reasons: list = [None] * batch
 
+        all_greedy = all(c.greedy for c in configs)  # then the graph's argmax is every row's token
+        read_logits = keep_logits or not all_greedy
+
+        def call(cell, *args):
+            """(greedy tokens or None, logits or None) on the host: B ids a step when greedy."""
+            start = time.perf_counter()
+            greedy, logits = cell(*args)
+            read = (greedy.asnumpy() if all_greedy else None, logits.asnumpy() if read_logits else None)
+            if timings is not None:
+                timings.append(time.perf_counter() - start)
+            return read
+
         with self.evf_mode(mode):
             prefill, cache = self._cell("prefill", mode, batch, slots, pixels is not None)
             decode, _ = self._cell("decode", mode, batch, slots)
@@ -307,9 +339,7 @@ class Generator:
             args = [Tensor(ids), Tensor(mask), self._routing_noise(noise_rng, batch, length)]
             if pixels is not None:
                 args.append(Tensor(np.stack(pixels).astype(np.float32)))
-            greedy, logits = prefill(*args)
-            all_greedy = all(c.greedy for c in configs)  # then the graph's argmax is every row's token
-            read_logits = keep_logits or not all_greedy
+            greedy, step_logits = call(prefill, *args)
             for step in range(steps):
                 if cancelled is not None:
                     for row in range(batch):
@@ -317,8 +347,7 @@ class Generator:
                             reasons[row] = "cancelled"
                     if all(reasons):
                         break
-                step_logits = logits.asnumpy() if read_logits else None
-                tokens = (greedy.asnumpy() if all_greedy
+                tokens = (greedy if all_greedy
                           else self._next_tokens(step_logits, configs, rngs, np.array([r is None for r in reasons])))
                 for row in range(batch):
                     if reasons[row] is None:
@@ -332,8 +361,8 @@ class Generator:
                     break
                 mask[active, length + step] = 1
                 step_tokens = np.where(active, tokens, self.pad_token_id).astype(np.int32)
-                greedy, logits = decode(
-                    Tensor(step_tokens[:, None]), Tensor(mask), Tensor(length + step, ms.int32),
+                greedy, step_logits = call(
+                    decode, Tensor(step_tokens[:, None]), Tensor(mask), Tensor(length + step, ms.int32),
                     self._routing_noise(noise_rng, batch, 1),
                 )
 
@@ -362,3 +391,45 @@ class Generator:
         if piece and stream:
             stream(row, piece)
         return "stop_string" if reply.stopped else None
+
+
+class LanguageModel(nn.Cell):
+    """An `LLM` alone as `Generator` takes a model: text prompts only (no vision tower, no image tokens)."""
+
+    def __init__(self, llm):
+        super().__init__(auto_prefix=False)  # keep the LLM's own parameter names
+        self.llm = llm
+        self.config = SimpleNamespace(llm=llm.config)
+
+    def embed_inputs(self, input_ids, pixel_values=None):
+        return self.llm.embed(input_ids), None
+
+
+def greedy_generate(step, input_ids, attention_mask, max_new_tokens: int, eos_token_id: Optional[int] = None,
+                    pad_token_id: int = 0, timings: Optional[list] = None) -> np.ndarray:
+    """Greedy decoding of an LLM with the static KV cache: the new tokens [B, max_new_tokens] (numpy).
+
+    step: an `LLMDecodeStep` or the `LLM` itself. input_ids, attention_mask [B, S] (numpy or
+    tensors), prompts of different lengths left-padded. A sample that emits `eos_token_id` keeps
+    it and gets `pad_token_id` after it. It is `Generator`'s loop (the one `eve-ms chat`, `eve-ms
+    eval` and the server run) over the LLM as a `LanguageModel`; the generator, with its caches and
+    compiled cells by shape, is kept on `step` for its next call. `timings`, when given, gets the
+    seconds of each call (prefill first), token read-back included.
+    """
+    llm = getattr(step, "llm", step)
+    ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, Tensor) else input_ids).astype(np.int64)
+    mask = np.asarray(attention_mask.asnumpy() if isinstance(attention_mask, Tensor) else attention_mask)
+    generator = step.__dict__.get("_generator")
+    if generator is None:
+        generator = Generator(LanguageModel(llm))
+        step.__dict__["_generator"] = generator
+    generator.eos_token_id = eos_token_id  # None: no sample stops early
+    prompts = [row[keep.astype(bool)] for row, keep in zip(ids, mask)]
+    # language_only=False: an EVF LLM runs in the mode it was set to, text prompts or not
+    outputs = generator.generate(prompts, None, GenerationConfig(max_new_tokens=max_new_tokens), language_only=False,
+                                 timings=timings)
+    out = np.full((len(prompts), max_new_tokens), pad_token_id, np.int32)
+    for row, output in enumerate(outputs):
+        tokens = list(output.token_ids) + ([eos_token_id] if output.finish_reason == "eos" else [])
+        out[row, :len(tokens)] = tokens
+    return out

@@ -145,6 +145,12 @@ class EvePredictor:
             context_ids = [bos] + context_ids
         return context_ids, continuation_ids
 
+    def _score_bucket(self) -> int:
+        """The scoring batches' length bucket: the generator's in graph mode (a graph per shape), none in PyNative."""
+        import mindspore as ms
+
+        return self.generator.length_bucket if ms.get_context("mode") == ms.GRAPH_MODE else 1
+
     def _language_scorer(self):
         """(the mode's TokenLogProbs cell, the evf_mode context manager) of the language-only path."""
         mode = self.generator.evf_mode_for(has_image=False)
@@ -158,13 +164,15 @@ class EvePredictor:
         pairs = [self.split_tokens(c, x) for c, x in zip(contexts, continuations)]
         cell, mode = self._language_scorer()
         with mode:
-            return continuation_logliks(cell, pairs, self.max_length, self.batch_size, self.generator.pad_token_id)
+            return continuation_logliks(cell, pairs, self.max_length, self.batch_size, self.generator.pad_token_id,
+                                        self._score_bucket())
 
     def ppl(self, texts: list[str]) -> list[float]:
         sequences = [self._keep_last(self.plain_ids(text), self.max_length) for text in texts]
         cell, mode = self._language_scorer()
         with mode:
-            return sequence_mean_losses(cell, sequences, self.batch_size, self.generator.pad_token_id)
+            return sequence_mean_losses(cell, sequences, self.batch_size, self.generator.pad_token_id,
+                                        self._score_bucket())
 
 
 def build_predictor(checkpoint_dir: str, batch_size: int = 8, compute_dtype: str = "float32",

@@ -1,4 +1,4 @@
-"""The static KV cache of generation, held in Parameters and written in place, and the step cell that uses it.
+"""The static KV cache of generation, held in Parameters and written in place, and the step cells kept by shape.
 
 A decode step used to take the caches as inputs ([L, B, n_kv, M, D] each) and return new ones: the
 graph unstacked them into layers, rebuilt each layer's cache by a gather and a select to write one
@@ -9,8 +9,9 @@ ScatterNdUpdate into them (in place, only the new slots move) and nothing is ret
 next tokens and the last position's logits. The greedy choice (argmax, ties to the lowest id, as
 numpy's) is made in the graph, so a greedy loop reads back B ids per step.
 
-A `KVCache` has one shape (batch, slots); a step cell over it compiles one graph per input shape
-(the prefill's prompt length, and 1 for decoding). `CacheCells` keeps a few of them, by shape,
+A `KVCache` has one shape (batch, slots); a step cell over it (`eve_ms.inference.generate`'s
+PrefillStep and DecodeStep) compiles one graph per input shape (the prefill's prompt length, and 1
+for decoding). `CacheCells` keeps a few of them, by shape,
 so that repeated generations of one shape reuse their compiled graphs.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-__all__ = ["KVCache", "CachedLMStep", "CacheCells", "greedy_token"]
+__all__ = ["KVCache", "CacheCells", "greedy_token"]
 
 
 def greedy_token(last_logits):
@@ -58,26 +59,6 @@ class KVCache(nn.Cell):
 
     def nbytes(self) -> int:
         return 2 * len(self.keys) * int(np.prod(self.shape)) * np.dtype(ms.dtype_to_nptype(self.dtype)).itemsize
-
-
-class CachedLMStep(nn.Cell):
-    """`llm.forward_step` on token ids into a `KVCache` -> (greedy next tokens [B] int32, last logits [B, V] f32).
-
-    A prefill (S prompt tokens at cache_position 0) and a decode step (S = 1) are the same cell.
-    """
-
-    def __init__(self, llm, cache: KVCache):
-        super().__init__(auto_prefix=False)  # keep the LLM's own parameter names
-        self.llm = llm
-        self.cache = cache
-
-    def construct(self, input_ids, attention_mask, cache_position):
-        logits, _, _ = self.llm.forward_step(
-            self.llm.embed(input_ids), attention_mask, cache_position, self.cache.keys, self.cache.values,
-            last_only=True
-        )
-        last = logits[:, -1].astype(ms.float32)
-        return greedy_token(last), last
 
 
 class CacheCells:

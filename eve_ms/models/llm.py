@@ -22,7 +22,8 @@ Entry points (B batch, S tokens, H hidden, V vocabulary, M cache slots):
 - `llm.init_cache(batch_size, max_len)` and `llm.forward_step(inputs_embeds, attention_mask,
   cache_position, key_cache, value_cache, is_image=None, routing_noise=None)
   -> (logits, key_cache, value_cache)` for incremental decoding with static shapes
-- `causal_lm_loss(logits, labels) -> (loss_sum, num_targets)`, `LLMDecodeStep`, `greedy_generate`
+- `causal_lm_loss(logits, labels) -> (loss_sum, num_targets)`, `LLMDecodeStep` (greedy decoding of an LLM:
+  `eve_ms.inference.generate.greedy_generate`, the generation loop of every model)
 
 `attention_mask` is [B, S] (or [B, M] with a cache): 1 = real token, 0 = padding, left or right.
 Position ids follow from it as `cumsum(mask) - 1` (Hugging Face's rule for left padding), so a
@@ -46,11 +47,16 @@ from eve_ms.ops.fused import (
 
 __all__ = [
     "LLM", "LLMDecodeStep", "RMSNorm", "Attention", "DecoderLayer", "Decoder", "Embedding",
-    "causal_lm_loss", "greedy_generate",
+    "causal_lm_loss",
     "llm_param_count", "ffn_param_count", "ROPE_TYPES",
 ]
 
-_FP32_MIN = float(np.finfo(np.float32).min)  # masked attention scores: finite, so an all-masked row stays NaN-free
+# Masked attention scores get this added: finite in float16, bfloat16 and float32 alike. The bias reaches
+# an attention cell as an input, and mixed precision casts a float16 cell's inputs to float16, where the
+# float32 minimum (the value used before) is -inf: a left-padding query that may see nothing then got
+# NaN weights, NaN keys and values went into the cache, and 0 * NaN made every later step of the sample
+# NaN (PyNative float16 generation answered nothing). exp(score - 65504) is 0 in float32 as it was.
+_MASK_MIN = float(np.finfo(np.float16).min)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -136,6 +142,9 @@ class Attention(nn.Cell):
         self.v_proj = nn.Dense(h, self.num_kv_heads * d, has_bias=bias)
         self.o_proj = nn.Dense(self.num_heads * d, h, has_bias=bias)
         self.scale = d**-0.5
+        # q @ k^T with k as stored: transposing k first copied it whole every call (with a cache, all M slots
+        # of it: 6 % of a small decode step's kernel time, tools/benchmarks/profile_decode.py)
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         fused = fused if fused is not None else select_fused_ops(config)
         self.fused_attention, self.fused_rotary = fused.attention, fused.rotary
         self.flash_kwargs = flash_attention_kwargs(config)
@@ -166,7 +175,7 @@ class Attention(nn.Cell):
             v = _write_cache(value_cache, v, write_start)
 
         # the scale on q: [S, D] per head is smaller than the [S, K] scores
-        scores = ops.matmul(q * self.scale, ops.transpose(self._repeat_kv(k), (0, 1, 3, 2)))
+        scores = self.scores_matmul(q * self.scale, self._repeat_kv(k))
         scores = scores.astype(ms.float32) + mask_bias
         probs = ops.softmax(scores, -1).astype(q.dtype)
         out = ops.matmul(probs, self._repeat_kv(v))
@@ -363,11 +372,12 @@ def causal_lm_loss(logits, labels, ignore_index: int = IGNORE_INDEX):
 
 
 def _mask_bias(allowed):
-    """allowed [B, 1, S, K] bool -> float32 0 where allowed, the float32 minimum where not.
+    """allowed [B, 1, S, K] bool -> float32 0 where allowed, `_MASK_MIN` (-65504) where not.
 
-    Finite, so a query that may see nothing (a padding row) gets uniform weights, not NaN; a score
-    plus the minimum rounds to the minimum, so masked slots get weight exactly 0."""
-    return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), _FP32_MIN, dtype=ms.float32))
+    Finite in every compute dtype, so a query that may see nothing (a padding row) gets finite
+    weights, not NaN; a score plus -65504 is far below any real score, so masked slots get weight
+    exactly 0 (the exponential underflows)."""
+    return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), _MASK_MIN, dtype=ms.float32))
 
 
 def _positions_from_mask(mask):
@@ -520,58 +530,6 @@ class LLMDecodeStep(nn.Cell):
 
     def construct(self, input_ids, attention_mask, cache_position, key_cache, value_cache):
         return self.llm.forward_step(self.llm.embed(input_ids), attention_mask, cache_position, key_cache, value_cache)
-
-
-def greedy_generate(step, input_ids, attention_mask, max_new_tokens: int, eos_token_id: int | None = None,
-                    pad_token_id: int = 0, timings: list | None = None) -> np.ndarray:
-    """Greedy decoding with a static KV cache: returns the new tokens [B, max_new_tokens] (numpy).
-
-    step: an `LLMDecodeStep` or the `LLM` itself. input_ids, attention_mask [B, S] (numpy or
-    tensors); prompts of different lengths are left-padded. After a sample emits `eos_token_id`,
-    its remaining tokens are `pad_token_id`. The LLM runs as a `kv_cache.CachedLMStep`: the cache
-    stays in Parameters written in place and the argmax is taken in the graph, so a step hands
-    back B token ids; the cache and compiled cell of each (batch, length) shape are kept on `step`
-    for its next call. `timings`, when given, gets the seconds of each call (prefill first),
-    token read-back included.
-    """
-    import time
-
-    from eve_ms.models.kv_cache import CacheCells, CachedLMStep
-
-    llm = step.llm if isinstance(step, LLMDecodeStep) else step
-    ids = np.asarray(input_ids.asnumpy() if isinstance(input_ids, Tensor) else input_ids).astype(np.int32)
-    prompt_mask = attention_mask.asnumpy() if isinstance(attention_mask, Tensor) else attention_mask
-    b, s = ids.shape
-    total = s + max_new_tokens
-    mask = np.zeros((b, total), np.int32)
-    mask[:, :s] = np.asarray(prompt_mask, np.int32)
-    cells = step.__dict__.get("_greedy_cells")
-    if cells is None:
-        cells = CacheCells(llm.config, llm.model.embed_tokens.weight.dtype, lambda cache, _: CachedLMStep(llm, cache))
-        step.__dict__["_greedy_cells"] = cells
-    cell, cache = cells.get(b, total)
-    cache.reset()
-
-    def call(*args):
-        start = time.perf_counter()
-        token = cell(*args)[0].asnumpy()
-        if timings is not None:
-            timings.append(time.perf_counter() - start)
-        return token
-
-    token = call(Tensor(ids), Tensor(mask), Tensor(0, ms.int32))
-    out = np.full((b, max_new_tokens), pad_token_id, np.int32)
-    finished = np.zeros(b, bool)
-    for t in range(max_new_tokens):
-        token = np.where(finished, pad_token_id, token).astype(np.int32)
-        out[:, t] = token
-        if eos_token_id is not None:
-            finished |= token == eos_token_id
-        if t == max_new_tokens - 1 or finished.all():
-            break
-        mask[:, s + t] = 1
-        token = call(Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32))
-    return out
 
 
 # --------------------------------------------------------------------------- config checks and sizes

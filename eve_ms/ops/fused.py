@@ -182,10 +182,10 @@ def flash_attention_kwargs(config: LLMConfig) -> dict:
 def flash_attention_mask(mask_bias):
     """attn_mask [B, 1, S, S] uint8 for `ops.flash_attention_score`: 1 = masked out, 0 = attended.
 
-    From the composed path's additive `mask_bias` (0 where a query may see a key, the float32
-    minimum where not; causal and key padding, left or right, already combined). The diagonal is
-    always attended: a left-padding query sees no key at all, and a fully masked row is not
-    something the operator documents; the composed softmax gives such a row uniform weights. Either
+    From the composed path's additive `mask_bias` (0 where a query may see a key, -65504 where
+    not; causal and key padding, left or right, already combined). The diagonal is always
+    attended: a left-padding query sees no key at all, and a fully masked row is not something
+    the operator documents; the composed softmax gives such a row finite weights. Either
     way the row belongs to a padding token, whose output no loss, routing or answer reads.
     """
     s = mask_bias.shape[-1]

@@ -17,7 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from eve_ms.config import ConfigError
 from eve_ms.convert.hf_llm import export_hf_llm_state_dict, llm_config_from_hf, load_hf_llm
 from eve_ms.convert.weights import CheckpointError
-from eve_ms.models.llm import LLMDecodeStep, greedy_generate
+from eve_ms.inference.generate import greedy_generate
+from eve_ms.models.llm import LLMDecodeStep
 
 VOCAB = 97
 

@@ -150,21 +150,32 @@ def test_cli_sets_up_the_context_writes_answers_and_results_and_resumes(pope_set
     argv = ["eval", "--benchmark", "pope", "--data", data, "--image-folder", images, "--checkpoint", str(checkpoint),
             "--output", str(out), "--batch-size", "3", "--no-progress", "--device-target", "CPU", "--num-threads", "2"]
     assert cli.main(argv) == 0
-    assert contexts == [("CPU", "pynative", 2)]
-    assert built[0] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float16"})
+    # CPU: graph mode and float32 unless asked otherwise (PyNative and float16 are slow there, eval/run.py)
+    assert contexts == [("CPU", "graph", 2)]
+    assert built[0] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float32",
+                                          "length_bucket": 64})
     results = json.loads((out / "pope_results.json").read_text())
     assert results["score"] == pytest.approx((50 + 80 + 100) / 3)
     assert results["metrics"]["splits"]["popular"]["f1"] == pytest.approx(80.0)
     lines = _lines(out / "pope_answers.jsonl")
     assert len(lines) == 1 + 10
     model = lines[0]["eve_ms_answers"]["model"]
-    assert model["checkpoint"] == str(checkpoint) and model["compute_dtype"] == "float16"
+    assert model["checkpoint"] == str(checkpoint) and model["compute_dtype"] == "float32"
     assert model["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
     assert lines[0]["eve_ms_answers"]["generation"]["max_new_tokens"] == 128
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["questions"] == 10
 
     assert cli.main(argv) == 0
     assert built[-1].calls == []  # everything was answered by the first run
+
+    ascend = argv[:argv.index("--device-target")] + ["--device-target", "Ascend", "--output", str(tmp_path / "npu")]
+    assert cli.main(ascend) == 0  # elsewhere the protocol's float16, in PyNative
+    assert contexts[-1] == ("Ascend", "pynative", None)
+    assert built[-2] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float16"})
+    half = argv + ["--compute-dtype", "float16", "--output", str(tmp_path / "half")]
+    assert cli.main(half) == 0  # float16 on CPU stays in PyNative: graph mode with float16 is not verified
+    assert contexts[-1] == ("CPU", "pynative", 2)
+    assert built[-2] == (str(checkpoint), {"batch_size": 3, "template": "v1", "compute_dtype": "float16"})
 
 
 def test_cli_flags_reach_the_predictor_and_the_protocol(pope_setup, tmp_path, monkeypatch, fake_generator):

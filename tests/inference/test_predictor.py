@@ -143,8 +143,37 @@ def test_float16_compute_gives_the_float32_scores_to_half_precision(checkpoint_d
     assert half.model.forward(Tensor(np.ones((1, 4), np.int32)))[0].dtype == ms.float16  # the rest runs in float16
     texts = ["The answer is yes.", "The answer is no."]
     np.testing.assert_allclose(half.ppl(texts), predictor.ppl(texts), rtol=2e-3)  # measured: 1.5e-4
+    # a left-padded prompt: its padding queries may see nothing, and in float16 their scores must stay finite
+    ids = half.prompt_ids("Is the cat on the sofa?", False)
+    assert len(ids) % half.generator.length_bucket  # padded on the left to the bucket
+    config = GenerationConfig(max_new_tokens=3)
+    halves, fulls = (p.generator.generate([ids], None, config, keep_logits=True)[0] for p in (half, predictor))
+    assert np.isfinite(halves.logits).all()
+    np.testing.assert_allclose(halves.logits, fulls.logits, atol=2e-2)  # measured: 8.5e-3
+    assert half.generator._cells.dtype == ms.float16  # the cache is kept in the compute dtype (graph mode needs it)
     with pytest.raises(ConfigError, match="compute_dtype must be one of"):
         build_predictor(checkpoint_dir, compute_dtype="int8")
+
+
+def test_graph_mode_gives_pynative_s_answers_and_scores(checkpoint_dir, predictor, image_file):
+    """`eve-ms eval` on CPU runs in graph mode with length buckets (eval/run.py): the answers and scores it
+    gives are those of PyNative without buckets, on image and text-only prompts and on padded score batches."""
+    import mindspore as ms
+
+    items = [{"id": "a", "prompt": "What is in the picture?", "image": image_file, "max_new_tokens": 3},
+             {"id": "b", "prompt": "Is the cat on the sofa?", "image": None, "max_new_tokens": 3}]
+    texts = ["The answer is yes.", "The answer is no.", "There are three birds on the fence."]
+    pairs = (["The answer is", "There are"], [" yes", " three birds"])
+    eager = (predictor.predict(items), predictor.ppl(texts), predictor.loglik(*pairs))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        graph = build_predictor(checkpoint_dir, batch_size=2, length_bucket=64)
+        compiled = (graph.predict(items), graph.ppl(texts), graph.loglik(*pairs))
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert compiled[0] == eager[0]
+    np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-6)
+    np.testing.assert_allclose(compiled[2], eager[2], rtol=1e-6)
 
 
 def test_eval_cli_scores_choice_and_xsum_on_a_checkpoint(checkpoint_dir, evf_model, tokenizer, tmp_path, capsys):
@@ -159,7 +188,8 @@ def test_eval_cli_scores_choice_and_xsum_on_a_checkpoint(checkpoint_dir, evf_mod
                {"question": "are there three birds", "passage": "There are three birds.", "idx": 1, "label": False}]
     boolq.write_text("".join(json.dumps(r) + "\n" for r in records))
     common = ["--checkpoint", checkpoint_dir, "--output", str(tmp_path / "out"), "--no-progress",
-              "--device-target", "CPU", "--num-threads", "2", "--compute-dtype", "float32", "--batch-size", "2"]
+              "--device-target", "CPU", "--num-threads", "2", "--compute-dtype", "float32", "--batch-size", "2",
+              "--exec-mode", "pynative"]  # graph mode (the CPU default) is tested against PyNative above
     assert cli.main(["eval", "--benchmark", "boolq", "--data", str(boolq), *common]) == 0
     bos = tokenizer.bos_token_id
     correct = 0

@@ -12,7 +12,8 @@ import pytest
 from mindspore import Tensor
 
 from eve_ms.config import LLMConfig
-from eve_ms.models.llm import LLM, LLMDecodeStep, greedy_generate
+from eve_ms.inference.generate import greedy_generate
+from eve_ms.models.llm import LLM, LLMDecodeStep
 
 NEW_TOKENS = 12
 

@@ -12,8 +12,9 @@ import pytest
 from mindspore import Tensor, ops
 
 from eve_ms.config import EVFConfig
+from eve_ms.inference.generate import greedy_generate
 from eve_ms.models import llm as llm_module
-from eve_ms.models.llm import LLM, Attention, LLMDecodeStep, greedy_generate
+from eve_ms.models.llm import LLM, Attention, LLMDecodeStep
 from eve_ms.ops.fused import COMPOSED, FusedOps
 from test_llm import randomize, tiny_config
 

@@ -5,7 +5,8 @@ The stage-3 model is `convert_dense_to_evf(dense)` switched to `language_only` (
 inputs run the language FFN alone, bit-identical to the dense model). Side by side in graph mode:
 full-sequence forward tokens/s of both (target: within 2%).
 
-Generation (greedy, static KV cache, `greedy_generate`): the dense LLM, its stage-3 conversion, the
+Generation (greedy, static KV cache, `greedy_generate`: `Generator`'s loop, the one eve-ms chat, eval and
+the server run): the dense LLM, its stage-3 conversion, the
 same weights exported by `eve-ms convert to-hf-llm`'s code (`export_hf_llm`) and loaded by
 transformers' `LlamaForCausalLM`, generating with `generate` (greedy, its KV cache), and the decode
 floor: the decode step's matrix products alone (per layer q, k, v, o, the FFN's three, the attention
@@ -17,8 +18,10 @@ Targets: decode tokens/s >= 0.5x transformers', decode step <= 2x its floor, pre
 
 `eve-ms eval`: the runner (`eval.runner.evaluate`, what the command calls) with the checkpoint's
 predictor on a fixed GQA-format set of short questions, half with images, on the tiny Eve model
-in the command's defaults (PyNative, float16), at batch sizes 1 and 8: questions per second
-(the first batch, which builds the cells, is not timed).
+in the command's CPU defaults (graph mode, float32, length bucket 64) and in its former defaults
+(PyNative, float16), at batch sizes 1 and 8: questions per second (a warm-up on an image question
+and a text-only one, which compiles the graphs, is not timed), the speed-up, and whether the answers
+agree.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from benchmarks.common import (PRESETS, Report, eve_config, fastest_torch, interleaved_times, median, paired_ratio,
                                torch_runners)
-from benchmarks.floor_suite import Gemm, _floor_cell
+from benchmarks.floor_suite import Gemm
 
 SIZES = {"default": {"preset": "small", "batch": 4, "length": 128, "prompt": 64, "new_tokens": 32, "repeats": 21,
                      "generate_repeats": 5, "eval_questions": 16, "eval_batches": (1, 8)},
@@ -47,7 +50,7 @@ def run(size: str, report: Report) -> None:
 
     from eve_ms.config import EVFConfig, LLMConfig
     from eve_ms.models.evf_convert import convert_dense_to_evf
-    from eve_ms.models.llm import LLM, LLMDecodeStep, greedy_generate
+    from eve_ms.models.llm import LLM
 
     spec = SIZES[size]
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -97,6 +100,38 @@ def decode_products(config, batch: int, slots: int) -> list:
     return gemms
 
 
+def decode_floor_cell(gemms):
+    """The products of one decode step in one graph-mode cell, as the step has them: every operand a
+    Parameter of its own (as the step's weights; distinct ones, so the compiler merges nothing; no
+    inputs to bind per call) and one small output, the first element of every product, so that what
+    comes back to the host is 4 bytes a product (returning the products whole made reading them back
+    cost as much as the step's own non-matrix work: a floor that loose measured the step at 0.95x it)."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class DecodeFloor(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            operands = []
+            self.prims = []
+            for index, g in enumerate(gemms):
+                self.prims.append((ops.BatchMatMul if g.batch else ops.MatMul)(transpose_a=g.trans_a,
+                                                                              transpose_b=g.trans_b))
+                for side, shape in (("a", g.a_shape()), ("b", g.b_shape())):
+                    operands.append(ms.Parameter(ms.Tensor(np.full(shape, 0.01, np.float32)),
+                                                 name=f"floor{index}_{side}", requires_grad=False))
+            self.operands = ms.ParameterTuple(operands)
+
+        def construct(self):
+            firsts = ()
+            for index, prim in enumerate(self.prims):
+                out = prim(self.operands[2 * index], self.operands[2 * index + 1])
+                firsts = firsts + (out.reshape(-1)[:1],)
+            return ops.concat(firsts)
+
+    return DecodeFloor()
+
+
 def _hf_llama(llm, folder: str):
     """The LLM exported as `eve-ms convert to-hf-llm` writes it, loaded by transformers (float32, eval mode)."""
     from transformers import AutoModelForCausalLM
@@ -112,14 +147,15 @@ def _generation(spec, report, config, dense, stage3, prompt, mask) -> None:
 
     import torch
 
-    from eve_ms.models.llm import LLMDecodeStep, greedy_generate
+    from eve_ms.inference.generate import greedy_generate
+    from eve_ms.models.llm import LLMDecodeStep
 
     batch, new = spec["batch"], spec["new_tokens"]
     slots = spec["prompt"] + new
     with tempfile.TemporaryDirectory() as folder:
         hf = _hf_llama(dense, folder)
     ids_t, mask_t = torch.as_tensor(prompt, dtype=torch.long), torch.as_tensor(mask)
-    floor, floor_inputs = _floor_cell(decode_products(config, batch, slots), [])
+    floor = decode_floor_cell(decode_products(config, batch, slots))
 
     eve_steps = {"dense": LLMDecodeStep(dense), "stage3": LLMDecodeStep(stage3)}
     generated, calls = {}, {name: [] for name in eve_steps}
@@ -140,8 +176,7 @@ def _generation(spec, report, config, dense, stage3, prompt, mask) -> None:
         return run
 
     def floor_run():
-        for out in floor(*floor_inputs):
-            out.asnumpy()
+        floor().asnumpy()
 
     runners = {"eve_dense": eve_run("dense"), "eve_stage3": eve_run("stage3"), "floor": floor_run}
     for tokens in (new, 1):
@@ -168,7 +203,8 @@ def _generation(spec, report, config, dense, stage3, prompt, mask) -> None:
     report.add("decode_tokens_per_s[transformers]", batch / median(hf_decode), "tok/s",
                note=f"{best}: {1e3 * median(hf_decode):.2f} ms per step")
     report.add("decode_floor_ms", 1e3 * median(times["floor"]), "ms",
-               note=f"{len(decode_products(config, batch, slots))} products of one decode step, one graph")
+               note=f"{len(decode_products(config, batch, slots))} products of one decode step, one graph, "
+                    "operands Parameters, their first elements read back")
     report.add("decode_tokens_per_s_over_transformers[dense]",
                paired_ratio(hf_decode, decode["dense"]), "x", ">= 0.5", note=f"against {best}")
     report.add("decode_step_over_floor[dense]", paired_ratio(decode["dense"], times["floor"]), "x", "<= 2")
@@ -210,7 +246,9 @@ def _eval_set(folder: str, count: int):
 
 
 def _eval_questions_per_second(spec, report) -> None:
-    """`eve-ms eval`'s runner and predictor in the command's defaults (PyNative, float16) on the tiny Eve."""
+    """`eve-ms eval`'s runner and predictor on the tiny Eve, in the command's CPU defaults (graph, float32,
+    length bucket 64) and in its former ones (PyNative, float16), one after the other on the same set."""
+    import json
     import os
     import tempfile
 
@@ -219,12 +257,14 @@ def _eval_questions_per_second(spec, report) -> None:
     from eve_ms.checkpoint_dir import save_eve_checkpoint
     from eve_ms.data.tokenizer import train_bpe_tokenizer
     from eve_ms.eval import registry
-    from eve_ms.eval.run import PROTOCOL_COMPUTE_DTYPE
+    from eve_ms.eval.run import GRAPH_LENGTH_BUCKET, PROTOCOL_COMPUTE_DTYPE, device_defaults
     from eve_ms.eval.runner import evaluate
     from eve_ms.inference.predictor import build_predictor
     from eve_ms.models.eve import EveForCausalLM
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)  # eve-ms eval's default --exec-mode
+    defaults = device_defaults("CPU")
+    settings = {"defaults": (defaults["exec_mode"], defaults["compute_dtype"]),
+                "former": ("pynative", PROTOCOL_COMPUTE_DTYPE)}
     try:
         with tempfile.TemporaryDirectory() as root:
             tokenizer = train_bpe_tokenizer(EVAL_CORPUS * 4, vocab_size=300, save_dir=os.path.join(root, "tok"))
@@ -237,22 +277,40 @@ def _eval_questions_per_second(spec, report) -> None:
             save_eve_checkpoint(model, config, checkpoint, tokenizer=tokenizer)
             data, bench = _eval_set(root, spec["eval_questions"])
             registry.BENCHMARKS[bench.name] = bench
+            answers, per_second = {}, {}
             try:
-                for batch_size in spec["eval_batches"]:
-                    predictor = build_predictor(checkpoint, batch_size=batch_size,
-                                                compute_dtype=PROTOCOL_COMPUTE_DTYPE)
-                    warm = os.path.join(root, f"warm{batch_size}.jsonl")
-                    evaluate(bench.name, data, root, predictor, warm, batch_size=batch_size, progress=False,
-                             limit=batch_size)
-                    answers = os.path.join(root, f"answers{batch_size}.jsonl")
-                    start = time.perf_counter()
-                    evaluate(bench.name, data, root, predictor, answers, batch_size=batch_size, progress=False)
-                    seconds = time.perf_counter() - start
-                    report.add(f"eval_questions_per_s[tiny,batch {batch_size}]", spec["eval_questions"] / seconds,
-                               "q/s", note=f"{spec['eval_questions']} GQA-format questions (half text-only), "
-                                           f"up to {bench.max_new_tokens} new tokens, PyNative, "
-                                           f"{PROTOCOL_COMPUTE_DTYPE}; {seconds / spec['eval_questions']:.2f} s each")
+                for setting, (mode, dtype) in settings.items():
+                    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+                    bucket = {"length_bucket": GRAPH_LENGTH_BUCKET} if mode == "graph" else {}
+                    for batch_size in spec["eval_batches"]:
+                        predictor = build_predictor(checkpoint, batch_size=batch_size, compute_dtype=dtype, **bucket)
+                        # the warm-up asks an image question and a text-only one: both compile outside the timing
+                        warm = os.path.join(root, f"warm_{setting}{batch_size}.jsonl")
+                        evaluate(bench.name, data, root, predictor, warm, batch_size=batch_size, progress=False,
+                                 limit=max(2, batch_size))
+                        path = os.path.join(root, f"answers_{setting}{batch_size}.jsonl")
+                        start = time.perf_counter()
+                        evaluate(bench.name, data, root, predictor, path, batch_size=batch_size, progress=False)
+                        seconds = time.perf_counter() - start
+                        with open(path, encoding="utf-8") as fh:
+                            answers[setting, batch_size] = [json.loads(line).get("prediction") for line in fh][1:]
+                        per_second[setting, batch_size] = spec["eval_questions"] / seconds
+                        report.add(f"eval_questions_per_s[tiny,batch {batch_size},{setting}]",
+                                   per_second[setting, batch_size], "q/s",
+                                   note=f"{spec['eval_questions']} GQA-format questions (half text-only), up to "
+                                        f"{bench.max_new_tokens} new tokens, {mode}, {dtype}; "
+                                        f"{seconds / spec['eval_questions']:.3f} s each")
             finally:
                 registry.BENCHMARKS.pop(bench.name, None)
+            for batch_size in spec["eval_batches"]:
+                former = answers["former", batch_size]
+                report.add(f"eval_speedup_over_former_defaults[batch {batch_size}]",
+                           per_second["defaults", batch_size] / per_second["former", batch_size], "x",
+                           note=f"answers equal: {former == answers['defaults', batch_size]}; former defaults' "
+                                f"empty answers: {sum(a == '' for a in former)} of {len(former)}")
+            first = spec["eval_batches"][0]
+            report.add("eval_answers_equal_across_batch_sizes[defaults]",
+                       float(all(answers["defaults", b] == answers["defaults", first] for b in spec["eval_batches"])),
+                       "bool", ">= 1")
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)

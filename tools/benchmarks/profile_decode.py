@@ -1,12 +1,15 @@
 """Where a decode step's time goes: host work, the graph call, and MindSpore's profiler per op type.
 
     python tools/benchmarks/profile_decode.py [--preset small] [--batch 4] [--prompt 64] [--new 32] [--top 20]
+                                              [--path generator|functional]
 
 Builds the preset's dense LLM (graph mode), prefills a random prompt of `--batch` x `--prompt`
-tokens into a cache of prompt + new slots, then times decode steps of the functional step
-`LLMDecodeStep` (caches handed in and returned, the path generation took before
-`eve_ms.models.kv_cache`; the README's "before" profile): the whole host loop iteration, the graph
-call alone, and, under `mindspore.profiler.Profiler`, the CPU kernels' own time summed per op type. The
+tokens into a cache of prompt + new slots, then times decode steps: with `--path generator` (the
+default) of `Generator`'s DecodeStep over a `KVCache` (what generation runs: the cache written in
+place, the argmax in the graph, B ids read back), with `--path functional` of `LLMDecodeStep`
+(caches handed in and returned, the path generation took before `eve_ms.models.kv_cache`; the
+README's "before" profile). It times the whole host loop iteration, the graph call alone, and, under
+`mindspore.profiler.Profiler`, the CPU kernels' own time summed per op type. The
 difference between the graph call and its kernels is framework work (launch, input/output
 handling); the difference between the loop and the call is host work.
 """
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--no-profiler", action="store_true")
+    parser.add_argument("--path", default="generator", choices=["generator", "functional"])
     args = parser.parse_args(argv)
 
     from eve_ms.mindformers_env import import_mindformers
@@ -68,25 +72,48 @@ def main(argv=None) -> int:
     ms.set_seed(0)
     llm = LLM(LLMConfig(**PRESETS[args.preset]["llm"]))
     llm.set_train(False)
-    step = LLMDecodeStep(llm)
     b, s = args.batch, args.prompt
     total = s + args.new
     rng = np.random.default_rng(0)
     ids = rng.integers(4, llm.config.vocab_size, (b, s)).astype(np.int32)
     mask = np.zeros((b, total), np.int32)
     mask[:, :s] = 1
-    keys, values = llm.init_cache(b, total)
-    logits, keys, values = step(Tensor(ids), Tensor(mask), Tensor(0, ms.int32), keys, values)
-    token = logits.asnumpy()[:, -1].argmax(-1).astype(np.int32)
-    state = {"keys": keys, "values": values, "t": 0}
+    state = {"t": 0}
+    if args.path == "functional":
+        step = LLMDecodeStep(llm)
+        keys, values = llm.init_cache(b, total)
+        logits, keys, values = step(Tensor(ids), Tensor(mask), Tensor(0, ms.int32), keys, values)
+        token = logits.asnumpy()[:, -1].argmax(-1).astype(np.int32)
+        state.update(keys=keys, values=values)
+
+        def call_step(*inputs):
+            out, state["keys"], state["values"] = step(*inputs, state["keys"], state["values"])
+            return out
+
+        def read(out):
+            return out.asnumpy()[:, -1].argmax(-1).astype(np.int32)
+    else:
+        from eve_ms.inference.generate import Generator, LanguageModel
+
+        generator = Generator(LanguageModel(llm))
+        prefill, cache = generator._cell("prefill", None, b, total)
+        decode, _ = generator._cell("decode", None, b, total)
+        cache.reset()
+        noise = Tensor(np.zeros((1, b, s), np.float32))
+        token = prefill(Tensor(ids), Tensor(mask), noise)[0].asnumpy()
+
+        def call_step(*inputs):
+            return decode(*inputs, Tensor(np.zeros((1, b, 1), np.float32)))[0]
+
+        def read(out):
+            return out.asnumpy()
 
     def one_step():
         t = state["t"] % args.new
         mask[:, s + t] = 1
-        out, state["keys"], state["values"] = step(Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32),
-                                                   state["keys"], state["values"])
+        out = call_step(Tensor(token[:, None]), Tensor(mask), Tensor(s + t, ms.int32))
         state["t"] += 1
-        return out.asnumpy()[:, -1].argmax(-1)
+        return read(out)
 
     for _ in range(3):
         one_step()
@@ -100,10 +127,10 @@ def main(argv=None) -> int:
     call = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        out, _, _ = step(*inputs, state["keys"], state["values"])
-        out.asnumpy()
+        read(call_step(*inputs))
         call.append(time.perf_counter() - start)
-    print(f"{args.preset} LLM, batch {b}, cache {total} slots, graph mode; load average {os.getloadavg()[0]:.2f}")
+    print(f"{args.preset} LLM, batch {b}, cache {total} slots, graph mode, {args.path} path; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"decode loop iteration {1e3 * np.median(loop):.2f} ms; graph call alone {1e3 * np.median(call):.2f} ms")
     if args.no_profiler:
         return 0

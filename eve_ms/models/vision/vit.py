@@ -128,7 +128,10 @@ class Embeddings(nn.Cell):
         if self.crop:
             pixels = pixels[:, :, :grid * patch, :grid * patch]
         patches = pixels.reshape(batch, channels, grid, patch, grid, patch).transpose(0, 2, 4, 1, 3, 5)
-        x = self.project(patches.reshape(batch * grid * grid, channels * patch * patch), weight.reshape(width, -1))
+        # the weight cast too: under graph-mode mixed precision it is read in the compute dtype while
+        # weight.dtype (the pixels' dtype here) still says float32, as PyNative computes it
+        x = self.project(patches.reshape(batch * grid * grid, channels * patch * patch),
+                         weight.reshape(width, -1).astype(pixels.dtype))
         if self.patch_bias:
             x = x + self.patch_embedding.bias
         x = x.reshape(batch, grid * grid, width)
