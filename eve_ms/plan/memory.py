@@ -16,7 +16,8 @@
   scattered back, while an EVF layer runs (working memory, not saved);
 - logits: [tokens, vocab] logits, their float32 log-softmax and its gradient;
 - working: the largest temporaries of one block (attention scores, the rebuilt layer under recompute);
-- framework reserve: the device's memory a process cannot allocate (devices.yaml).
+- framework reserve: the device's memory a process cannot allocate (devices.yaml); the bench measures
+  this machine's own (a fresh process's CPU pool after its first op: 35 MiB with MindFormers imported).
 
 The model is of a device whose allocator frees a tensor after its last use, which MindSpore's does:
 on CPU its memory pool holds at a step's peak what the parts above predict (`tools/bench.py --suite

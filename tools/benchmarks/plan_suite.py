@@ -1,8 +1,8 @@
 """Suite `plan`: `eve-ms plan`'s predictions for a step against what the same step measures on this machine.
 
 Memory: for the tiny and small presets, stages 2 and 3 (the steps `step_probe.py` runs, in fresh
-processes), the planner's memory (every part but the device reserve; float32 on CPU) against what the
-same step holds, measured the way a device would: MindSpore's CPU memory pool, where every tensor the
+processes), the planner's memory (float32 on CPU; its framework reserve the pool a fresh eve-ms process holds
+after one op, measured apart by `framework_pool_bytes`) against what the same step holds, measured the way a device would: MindSpore's CPU memory pool, where every tensor the
 step allocates lives (activations, logits, the backward's temporaries, the gradient buffers), read as
 the pool's resident high-water mark (`common.memory_pool_bytes`), plus the weights and AdamW moments
 (host arrays outside the pool on CPU, counted from the Parameter objects). The small preset's stage-3
@@ -61,6 +61,38 @@ def independent_flops(preset: str) -> float:
     return float(flops)
 
 
+# A fresh process as every eve-ms run starts (MindFormers imported: the model files register with it), one
+# eager op, MindSpore's pool read: the fixed memory a process holds before any model tensor. Measured with
+# MindSpore 2.9 + MindFormers 1.9: ~35 MiB (4 KiB without MindFormers); it is the framework's reserve on
+# this "device", the counterpart of the driver reserve in devices.yaml, and independent of the model.
+_RESERVE_PROBE = (
+    "import sys; sys.path[:0] = [{repo!r}, {tools!r}]\n"
+    "from eve_ms.mindformers_env import import_mindformers\n"
+    "import_mindformers()\n"
+    "import mindspore as ms\n"
+    "from eve_ms.runtime import setup_context\n"
+    "setup_context('CPU', mode='graph')\n"
+    "ms.ops.ones(1, ms.float32).asnumpy()\n"
+    "from benchmarks.common import memory_pool_bytes\n"
+    "print(memory_pool_bytes())\n"
+)
+
+
+def framework_pool_bytes() -> int:
+    """MindSpore's CPU pool in a fresh eve-ms process after its first op, before any model (see above)."""
+    import os
+    import subprocess
+    import sys
+
+    tools = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _RESERVE_PROBE.format(repo=os.path.dirname(tools), tools=tools)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, GLOG_v="3"))
+    if result.returncode:
+        raise RuntimeError(f"framework reserve probe failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return int(result.stdout.strip().splitlines()[-1])
+
+
 def run(size: str, report: Report) -> None:
     from benchmarks.train_suite import probe_many
     from eve_ms.plan.memory import memory_parts
@@ -72,19 +104,22 @@ def run(size: str, report: Report) -> None:
     if doubled:  # the same step at twice the micro-batch: what the batch-dependent memory adds
         probes.append(dict(preset=doubled, stage=3, steps=spec["steps"], batch_size=2 * PRESETS[doubled]["batch_size"]))
     measured = probe_many(probes)
+    reserve = framework_pool_bytes()
     for (preset, stage), result in zip(configs, measured):
-        parts = memory_parts(bench_spec(preset, stage))
-        predicted = parts["total"] - parts["framework_reserve"]
+        parts = memory_parts(bench_spec(preset, stage), reserve_bytes=reserve)
+        predicted = parts["total"]
+        model_parts = predicted - reserve
         held = result["pool_step"] + result["state_bytes"]
         tag = f"{preset},stage{stage}"
         biggest = sorted(((v, k) for k, v in parts.items() if k not in ("total", "framework_reserve")), reverse=True)
         report.add(f"plan_memory_over_measured[{tag}]", predicted / held, "x", MEMORY_TARGET,
-                   note=f"planned {predicted / 2**20:.1f} MiB (largest: "
-                        + ", ".join(f"{k} {v / 2**20:.1f}" for v, k in biggest[:3])
+                   note=f"planned {predicted / 2**20:.1f} MiB = framework reserve {reserve / 2**20:.1f} (measured "
+                        f"apart: a fresh process's pool after one op) + the step's parts {model_parts / 2**20:.1f} "
+                        "(largest: " + ", ".join(f"{k} {v / 2**20:.1f}" for v, k in biggest[:3])
                         + f"); measured {held / 2**20:.1f} MiB = MindSpore's pool {result['pool_step'] / 2**20:.1f} "
                           f"(gradient buffers {result['accum_bytes'] / 2**20:.1f} of it) + weights and AdamW "
                           f"moments {result['state_bytes'] / 2**20:.1f}")
-        in_graph = predicted - parts["frozen_weights"] - parts["trainable_weights"] - parts["optimizer_state"]
+        in_graph = model_parts - parts["frozen_weights"] - parts["trainable_weights"] - parts["optimizer_state"]
         graph = in_graph - parts["gradients"]  # what the step's graph adds to the pool (buffers exist before)
         grown = result["pool_step"] - result["pool_built"]
         report.add(f"plan_step_memory_over_pool_growth[{tag}]", graph / grown, "x",
@@ -92,7 +127,7 @@ def run(size: str, report: Report) -> None:
                         f"grew {grown / 2**20:.1f} MiB in the steps (from {result['pool_built'] / 2**20:.1f} MiB "
                         "after building the model, which touched it)")
         above = result["peak_step_rss"] - result["baseline_rss"]
-        report.add(f"plan_memory_over_process_rss[{tag}]", predicted / above, "x",
+        report.add(f"plan_memory_over_process_rss[{tag}]", model_parts / above, "x",
                    note=f"whole process above its {result['baseline_rss'] / 2**20:.0f} MiB baseline: "
                         f"{above / 2**20:.0f} MiB, of which {(above - held) / 2**20:.0f} MiB outside the pool and "
                         "the weights (compiled graphs, CPU kernels' host buffers); not a device's memory")
