@@ -302,3 +302,30 @@ def test_stage3_on_two_workers_matches_one_worker_and_only_rank0_writes(chain, t
     trained = _weights(str(out))
     for name, value in _weights(chain.outputs[3]).items():
         np.testing.assert_allclose(trained[name], value, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_router_overflow_tool_reads_the_routers_preferences_that_stage3_logged(chain):
+    """tools/router_overflow.py rebuilds the stage-3 model and loader of the run yaml: its own router's preferred
+    experts on the first step's micro-batches are what training allocated at step 1 (train_log.jsonl)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import router_overflow
+    finally:
+        sys.path.remove(os.path.join(REPO, "tools"))
+    config = load_train_config(chain.configs[3])
+    result = router_overflow.measure(chain.configs[3], routers=50, batches=config.runner_config.gradient_accumulation_steps)
+    logged = next(r for r in read_log(os.path.join(chain.outputs[3], "train_log.jsonl")) if r.get("routing"))
+    assert logged["step"] == 1
+    for index, layer in result["layers"].items():
+        counts = logged["routing"][f"layer_{index}"]
+        real = sum(counts[m]["valid"] for m in ("text", "image"))
+        kept_vision = sum(counts[m]["kept_vision"] for m in ("text", "image"))
+        moved = sum(counts[m]["dropped"] + counts[m]["redistributed"] for m in ("text", "image"))
+        assert sum(layer["own_real"]) == real
+        preferred = sum(layer["own_prefers_vision"])
+        if moved == 0:  # every token where it preferred to go
+            assert preferred == kept_vision
+        else:
+            assert kept_vision - moved <= preferred <= kept_vision + moved
+        assert len(layer["over_per_router"]) == 50 * config.runner_config.gradient_accumulation_steps
+        assert 0.5 <= layer["median_busiest_share"] <= 1.0 and 0.0 <= layer["mean_over_rms"] <= 1.0
