@@ -39,9 +39,9 @@ def device_defaults(device_target: str, compute_dtype: str | None = None) -> dic
     """The execution mode and compute dtype `eve-ms eval` uses on a device unless told otherwise.
 
     CPU: graph and float32 (the module docstring says why); GPU / Ascend: PyNative and the protocol's
-    float16, as before. A dtype other than float32 keeps PyNative on CPU too: graph mode with float16
-    gave PyNative float16's logits on the tiny Eve's text and image prompts only after two fixes made
-    here (the KV cache's dtype, the patch embedding's weight cast) and no test covers it yet."""
+    float16, as before. A dtype other than float32 keeps PyNative on CPU too: graph-mode float16
+    generation gives PyNative float16's tokens (tests/inference/test_predictor.py, after two fixes: the KV
+    cache's dtype, the patch embedding's weight cast), but graph float16 choice scoring is not tested."""
     if device_target == "CPU":
         dtype = compute_dtype or "float32"
         return {"exec_mode": "graph" if dtype == "float32" else "pynative", "compute_dtype": dtype}
