@@ -158,7 +158,8 @@ def write_run_yaml(name: str, out_dir: str, paths: dict, plan: DemoPlan, tokeniz
         run["data"]["max_length"] = max(max_length, 2 * plan.image_tokens)
     if name == "stage2":
         # No LoRA dropout: the seeded dropout masks of 28 LoRA layers took the tiny stage-2 step from
-        # 0.30 s to 0.83 s and its graph compile from 17 s to 26 s (measured side by side, load 5)
+        # 0.30 s to 0.83 s and its graph compile from 17 s to 26 s (measured side by side, load 5, with the
+        # int64 form of the mask hash; its uint32 form since halves the small preset's stage-2 step)
         run["pet_config"] = {"lora_rank": plan.lora_rank, "lora_alpha": plan.lora_alpha, "lora_dropout": 0.0}
         run["data"]["group_by_modality"] = False  # text-only samples ride in image batches: one graph
     if steps <= plan.eager_max_steps:

@@ -22,7 +22,6 @@ concatenated expert outputs per token).
 """
 from __future__ import annotations
 
-
 import mindspore as ms
 from mindspore import nn, ops
 

@@ -307,11 +307,8 @@ def test_stage3_on_two_workers_matches_one_worker_and_only_rank0_writes(chain, t
 def test_router_overflow_tool_reads_the_routers_preferences_that_stage3_logged(chain):
     """tools/router_overflow.py rebuilds the stage-3 model and loader of the run yaml: its own router's preferred
     experts on the first step's micro-batches are what training allocated at step 1 (train_log.jsonl)."""
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import router_overflow
-    finally:
-        sys.path.remove(os.path.join(REPO, "tools"))
+    import router_overflow  # tools/ is on the tests' path (conftest)
+
     config = load_train_config(chain.configs[3])
     result = router_overflow.measure(chain.configs[3], routers=50, batches=config.runner_config.gradient_accumulation_steps)
     logged = next(r for r in read_log(os.path.join(chain.outputs[3], "train_log.jsonl")) if r.get("routing"))

@@ -23,6 +23,10 @@ written for the floor benchmark from what MindSpore's profiler counts in the rea
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from benchmarks.common import LORA, PRESETS, Report, eve_config
 
 SIZES = {"default": {"presets": ("tiny", "small"), "steps": 2, "doubled": "small"},
@@ -80,10 +84,6 @@ _RESERVE_PROBE = (
 
 def framework_pool_bytes() -> int:
     """MindSpore's CPU pool in a fresh eve-ms process after its first op, before any model (see above)."""
-    import os
-    import subprocess
-    import sys
-
     tools = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = _RESERVE_PROBE.format(repo=os.path.dirname(tools), tools=tools)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
