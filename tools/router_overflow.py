@@ -26,6 +26,21 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
+def mean_over_rms(x: np.ndarray) -> float:
+    """|mean| / rms of the rows of x (tokens x features): 0 for directions spread evenly around the origin,
+    1 when every token is the same vector."""
+    return float(np.linalg.norm(x.mean(0)) / np.sqrt((x**2).sum(1).mean()))
+
+
+def random_router_split(x: np.ndarray, capacity: int, routers: int, rng) -> tuple:
+    """For `routers` random two-expert routers over the tokens x (real tokens only): the busier expert's share of
+    the tokens and the share over its `capacity` slots (DESIGN 3: argmax of W x is the side of the random
+    hyperplane (w_1 - w_0) x = 0 a token lies on, whatever the weights' scale)."""
+    side = x @ rng.standard_normal((x.shape[1], routers)) > 0
+    busy = np.maximum(side.sum(0), len(x) - side.sum(0))
+    return busy / len(x), np.maximum(busy - capacity, 0) / len(x)
+
+
 def _softmax(logits):
     shifted = np.exp(logits - logits.max(1, keepdims=True))
     return shifted / shifted.sum(1, keepdims=True)
@@ -73,11 +88,10 @@ def measure(config_path: str, routers: int = 2000, batches: int = 4, seed: int =
             for i in layers:
                 x = captured[i].reshape(slots, -1)[valid].astype(np.float64)
                 stats = per_layer[i]
-                stats["spread"].append(np.linalg.norm(x.mean(0)) / np.sqrt((x**2).sum(1).mean()))
-                side = x @ rng.standard_normal((x.shape[1], routers)) > 0
-                busy = np.maximum(side.sum(0), real - side.sum(0))
-                stats["busiest"].append(busy / real)
-                stats["over"].append(np.maximum(busy - capacity, 0) / real)
+                stats["spread"].append(mean_over_rms(x))
+                busiest, over = random_router_split(x, capacity, routers, rng)
+                stats["busiest"].append(busiest)
+                stats["over"].append(over)
                 # the run's own router prefers by its strategy (DESIGN 3): argmax P, or argmax P + prior for
                 # img_gbpr (the prior beta on the token's own modality); ties to expert 0
                 scores = _softmax(x @ own[i].T)
