@@ -226,3 +226,25 @@ def test_sigterm_to_the_parent_terminates_its_stage3_workers(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_routing_over_capacity_at_start_and_end_of_training(tmp_path):
+    """run_routing's windows: the first and the last 10 % of the steps (at least 3), each the share of valid
+    tokens dropped or redistributed, summed over the window; a learned router that drifts onto one expert shows
+    at the end, not at the start."""
+    os.makedirs(tmp_path / "stage3_random")
+    records = []
+    for step in range(1, 41):
+        dropped = 0 if step <= 20 else step - 20  # the router drifts past the capacity half-way through
+        text = {"valid": 60, "kept_language": 40 - dropped, "kept_vision": 20, "dropped": dropped, "redistributed": 0}
+        image = {"valid": 40, "kept_language": 10, "kept_vision": 30, "dropped": 0, "redistributed": 0}
+        records.append({"step": step, "loss": 1.0, "token_success_rate": {"layer_0": (100 - dropped) / 100},
+                        "routing": {"layer_0": {"text": text, "image": image}}})
+    with open(tmp_path / "stage3_random" / "train_log.jsonl", "w", encoding="utf-8") as fh:
+        fh.write("\n".join(json.dumps(r) for r in records) + "\n")
+    routing = report.run_routing(str(tmp_path), "stage3_random")
+    assert routing["start_over_capacity"]["layer_0"] == 0.0
+    assert routing["end_over_capacity"]["layer_0"] == pytest.approx((18 + 19 + 20 + 17) / 400)  # steps 37-40
+    assert routing["over_capacity"]["layer_0"] == pytest.approx(sum(range(1, 21)) / 4000)
+    summary = report.routing_summary(str(tmp_path), ["stage3_random"])
+    assert summary["end_over_capacity"]["layer_0"]["mean"] == pytest.approx(74 / 400)

@@ -27,7 +27,7 @@ LABELS = {
 }
 LANGUAGE_TOLERANCE = 0.05  # lora_keeps_language: stage 2 within 5 points of stage 0
 BINDING_SHARE = 0.05  # capacity_binds: >= 5 % of a layer's tokens over capacity
-START_FRACTION = 0.1  # "the start of training": the first 10 % of the steps (at least 3)
+START_FRACTION = 0.1  # "the start of training": the first 10 % of the steps (at least 3); "the end": the last
 # Claims the pipeline itself must hold (language kept by stage 2's light LoRA and, bit for bit, by EVF's
 # language-only path): `eve-ms demo` exits non-zero when one is not met. The others, capacity_binds
 # included, are findings about the method at this scale, reported met or not as measured.
@@ -93,13 +93,16 @@ def run_routing(out_dir: str, name: str) -> dict:
     records = _routing_records(out_dir, name)
     if not records:
         raise RuntimeError(f"{name}/train_log.jsonl has no routing records")
-    start = records[: max(3, math.ceil(START_FRACTION * len(records)))]
+    window = max(3, math.ceil(START_FRACTION * len(records)))
+    start, end = records[:window], records[-window:]
     layers = sorted(records[0]["routing"])
     return {
         "steps": [r["step"] for r in records],
         "success": {layer: [r["token_success_rate"][layer] for r in records] for layer in layers},
         "mean_success": {layer: float(np.mean([r["token_success_rate"][layer] for r in records])) for layer in layers},
         "start_over_capacity": {layer: _over_capacity(start, layer) for layer in layers},
+        # where learned routers have moved by the last steps (the capacity can bind in training, not at the start)
+        "end_over_capacity": {layer: _over_capacity(end, layer) for layer in layers},
         "over_capacity": {layer: _over_capacity(records, layer) for layer in layers},
         "start_shares": {layer: _shares(start, layer) for layer in layers},
         "shares": {layer: _shares(records, layer) for layer in layers},
@@ -112,7 +115,7 @@ def routing_summary(out_dir: str, names: list) -> dict:
     first = per_run[names[0]]
     layers = sorted(first["mean_success"])
     summary = {"runs": per_run}
-    for key in ("mean_success", "start_over_capacity", "over_capacity"):
+    for key in ("mean_success", "start_over_capacity", "end_over_capacity", "over_capacity"):
         summary[key] = {layer: mean_sd(per_run[n][key][layer] for n in names) for layer in layers}
     for key in ("start_shares", "shares"):
         summary[key] = {layer: {m: {k: float(np.mean([per_run[n][key][layer][m][k] for n in names]))
@@ -223,18 +226,19 @@ def rows(summary: dict) -> list[list[str]]:
         vqa, language = results[name].get("vqa", {}), results[name].get("language", {})
         by_type = " ".join(f"{t} {a:.2f}" for t, a in vqa.get("by_type", {}).items()) or "-"
         out.append([LABELS[name], "1", _fmt(vqa.get("accuracy")), _fmt(language.get("accuracy")),
-                    _fmt(language.get("loss")), "-", "-", by_type])
+                    _fmt(language.get("loss")), "-", "-", "-", by_type])
     for variant, routing in summary["routing"].items():
         agg = summary["variants"].get(variant, {})
         by_type = " ".join(f"{t} {s['mean']:.2f}" for t, s in agg.get("vqa_by_type", {}).items()) or "-"
         out.append([LABELS[variant], str(len(routing["runs"])), _pm(agg.get("vqa")), _pm(agg.get("language")),
                     _pm(agg.get("language_loss")), _layers(routing["mean_success"]),
-                    _layers(routing["start_over_capacity"]), by_type])
+                    _layers(routing["start_over_capacity"]), _layers(routing.get("end_over_capacity")), by_type])
     return out
 
 
 HEADER = ["run", "seeds", "VQA acc", "language acc", "language loss",
           "token success rate in training, per EVF layer", "over capacity at start, per EVF layer",
+          "over capacity at end, per EVF layer",
           "VQA acc by question type"]
 
 
