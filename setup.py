@@ -34,9 +34,10 @@ setup(
         # checks the event files a training run writes. Test tools are pinned exactly (and everything else in
         # constraints.txt) so a new release cannot turn CI red.
         # openai (the official client) and selenium (driving Debian's chromium) test `eve-ms serve`; psutil
-        # (also MindSpore's) finds the demo's worker processes.
-        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "torch==2.13.0", "tensorboard==2.21.0", "openai==2.54.0",
-                 "selenium==4.50.0", "psutil==7.2.2"],
+        # (also MindSpore's) finds the demo's worker processes; pytest-xdist runs the suite in two processes
+        # (pytest.ini).
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17", "torch==2.13.0",
+                 "tensorboard==2.21.0", "openai==2.54.0", "selenium==4.50.0", "psutil==7.2.2"],
     },
     entry_points={"console_scripts": ["eve-ms=eve_ms.cli:main"]},
 )

@@ -50,3 +50,23 @@ def parity(monkeypatch):
     yield module
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
+
+
+# Files whose tests take a minute or more (`--durations`, one process, 2-core machine): the quick demo (154 s
+# fixture), a run killed and resumed (135 s), msrun and stage-chain runs, graph-mode decoding. pytest-xdist's
+# loadfile hands files out in collection order, so these go first and the two processes end together instead
+# of one finishing the longest files alone.
+SLOW_FILES = ("test_demo.py", "training/test_reproducible_runs.py", "training/test_memory_options.py",
+              "training/test_stages.py", "models/test_kv_cache.py", "inference/test_batch_invariance.py",
+              "training/test_data_parallel.py", "training/test_resume_after_kill.py", "test_cli_errors.py",
+              "inference/test_predictor.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    tests = Path(__file__).resolve().parent
+
+    def rank(item):
+        relative = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
+        return SLOW_FILES.index(relative) if relative in SLOW_FILES else len(SLOW_FILES)
+
+    items.sort(key=rank)  # stable: the order inside a file, and among the other files, is kept

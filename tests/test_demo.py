@@ -98,8 +98,12 @@ def test_claims_hold_on_the_quick_run(quick_run):
         s["mean"] for s in summary["routing"]["random"]["start_over_capacity"].values())
     assert claims["lora_keeps_language"]["met"] and claims["evf_keeps_language"]["met"], (claims, log)
     # Whether a random router's first split overflows 0.75 T is a finding of the run, not something the
-    # pipeline guarantees (docs/design.md): the claim must say what its value says.
+    # pipeline guarantees (docs/design.md): the claim must say what its value says ...
     assert claims["capacity_binds"]["met"] == (claims["capacity_binds"]["value"] >= report.BINDING_SHARE)
+    # ... and in the quick plan it is met (the issue asks for its claims met): its short stage 2 leaves layer 2's
+    # inputs lopsided enough that the seed-0 router sends 93 % of the text and 99 % of the image tokens one way
+    # (0.191 over capacity, measured alike on two machines with different CPUs)
+    assert claims["capacity_binds"]["met"], (claims, log)
 
 
 def test_language_only_logits_bit_identical_after_stage3(quick_run):

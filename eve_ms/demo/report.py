@@ -27,7 +27,7 @@ LABELS = {
 }
 LANGUAGE_TOLERANCE = 0.05  # lora_keeps_language: stage 2 within 5 points of stage 0
 BINDING_SHARE = 0.05  # capacity_binds: >= 5 % of a layer's tokens over capacity
-START_FRACTION = 0.1  # "the start of training": the first 10 % of the steps (at least 3); "the end": the last
+START_FRACTION = 0.1  # "the start" of training: its first 10 % of the steps (at least 3); "the end": its last 10 %
 # Claims the pipeline itself must hold (language kept by stage 2's light LoRA and, bit for bit, by EVF's
 # language-only path): `eve-ms demo` exits non-zero when one is not met. The others, capacity_binds
 # included, are findings about the method at this scale, reported met or not as measured.
