@@ -51,7 +51,6 @@ def parity(monkeypatch):
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-
 # Files whose tests take a minute or more (`--durations`, one process, 2-core machine): the quick demo (154 s
 # fixture), a run killed and resumed (135 s), msrun and stage-chain runs, graph-mode decoding. pytest-xdist's
 # loadfile hands files out in collection order, so these go first and the two processes end together instead
@@ -66,7 +65,7 @@ def pytest_collection_modifyitems(session, config, items):
     tests = Path(__file__).resolve().parent
 
     def rank(item):
-        relative = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
+        relative = Path(item.path).resolve().relative_to(tests).as_posix()
         return SLOW_FILES.index(relative) if relative in SLOW_FILES else len(SLOW_FILES)
 
     items.sort(key=rank)  # stable: the order inside a file, and among the other files, is kept

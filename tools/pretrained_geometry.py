@@ -108,16 +108,17 @@ def to_transformers(config: dict, weights: dict):
 
 
 def ffn_inputs(model, tokens) -> list:
-    """Per decoder layer, its post-attention RMSNorm output (the FFN input) for one token sequence, as float64."""
+    """Per decoder layer, its post-attention RMSNorm output (the FFN input) for a batch of equally long token
+    sequences (stories x positions x width), as float64."""
     import torch
 
     captured = []
     hooks = [layer.post_attention_layernorm.register_forward_hook(
-        lambda module, args, output: captured.append(output[0].double().numpy()))  # batch row 0
+        lambda module, args, output: captured.append(output.double().numpy()))
         for layer in model.model.layers]
     try:
         with torch.no_grad():
-            model(torch.as_tensor(np.asarray(tokens)[None]))
+            model(torch.as_tensor(tokens))
     finally:
         for hook in hooks:
             hook.remove()
@@ -136,19 +137,20 @@ def measure(path: str, stories: int = 12, tokens: int = 200, routers: int = 1000
     with torch.no_grad():
         samples = model.generate(torch.full((stories, 1), bos), do_sample=True, temperature=1.0, top_k=0,
                                  max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0, eos_token_id=None)
-    per_story = [ffn_inputs(model, row.numpy()) for row in samples]
+    per_layer = ffn_inputs(model, samples)  # every story has the same length: one batch, no padding
     rng = np.random.default_rng(seed)
     layers = []
-    for i in range(config["layers"]):
+    for inputs in per_layer:
         # the BOS position is left out: llama-style LMs park attention and large activations there
-        xs = [story[i][1:] for story in per_story]
+        xs = list(inputs[:, 1:])
         busiest, over = zip(*(random_router_split(x, math.ceil(capacity_factor * len(x) / 2), routers, rng)
                               for x in xs))
         over = np.mean(over, axis=0)  # per router, the share over capacity summed over the stories
         layers.append({"mean_over_rms": mean_over_rms(np.concatenate(xs)),
                        "median_busiest_share": float(np.median(np.concatenate(busiest))),
                        "mean_over_capacity": float(over.mean()), "p_over_5pct": float((over >= 0.05).mean())})
-    return {"config": config, "stories": stories, "tokens": tokens, "routers": routers, "layers": layers}
+    return {"config": config, "stories": stories, "tokens": tokens, "routers": routers,
+            "capacity_factor": capacity_factor, "layers": layers}
 
 
 def main(argv=None) -> int:
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = measure(args.checkpoint, args.stories, args.tokens, args.routers, seed=args.seed)
     print(f"{args.checkpoint}: {result['config']}; {args.stories} sampled sequences of {args.tokens} tokens, "
-          f"{args.routers} random routers, C = 1.5, each sequence a micro-batch")
+          f"{args.routers} random routers, C = {result['capacity_factor']}, each sequence a micro-batch")
     for i, layer in enumerate(result["layers"]):
         print(f"layer {i}: |mean|/rms {layer['mean_over_rms']:.3f}; busier expert's share: median "
               f"{layer['median_busiest_share']:.3f}; over capacity: mean {layer['mean_over_capacity']:.4f}, "
